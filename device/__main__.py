@@ -1,0 +1,5 @@
+"""`python -m device` runs the affectbox command line."""
+
+from device.cli import main
+
+raise SystemExit(main())

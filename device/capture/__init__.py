@@ -1,0 +1,1 @@
+"""Sources of timestamped items: camera and video-file frames (audio arrives with the speech issue)."""

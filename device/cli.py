@@ -1,0 +1,165 @@
+"""The `affectbox` command line: one subcommand per job, one-line errors, meaningful exit codes.
+
+Exit codes: 0 success, 2 bad input or configuration (the message names what was wrong),
+130 interrupted. Unexpected internal errors keep their traceback, because they are bugs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+from device import __version__
+from device.config import describe_defaults, load_config
+from device.errors import AffectboxError
+
+NOTICE = "affectbox supports clinical judgment; it does not diagnose."
+
+
+def _progress_bar(description: str, quiet: bool) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
+    """A tqdm progress callback on stderr (shown on terminals only), and its closer."""
+    if quiet:
+        return None, lambda: None
+    from tqdm import tqdm
+
+    bar = tqdm(desc=description, unit="frame", file=sys.stderr, disable=None, dynamic_ncols=True)
+
+    def update(done: int, expected: int) -> None:
+        if expected and bar.total != expected:
+            bar.total = max(expected, done)
+        bar.n = done
+        bar.refresh() if done % 25 == 0 else None
+
+    return update, bar.close
+
+
+def cmd_analyze(args: argparse.Namespace) -> int:
+    from device.analyze import analyze_video
+
+    config = load_config(args.config)
+    if len(args.videos) > 1 and args.out is not None:
+        raise AffectboxError("--out names one folder: analyse one video at a time with --out, or leave it out")
+    for video in args.videos:
+        update, close = _progress_bar(Path(video).name, args.quiet)
+        try:
+            result = analyze_video(video, config, args.out, progress=update)
+        finally:
+            close()
+        for warning in result.warnings:
+            print(f"affectbox: warning: {video}: {warning}", file=sys.stderr)
+        summary = result.summary
+        face = summary["coverage"]["face"]
+        if args.json:
+            print(json.dumps({"out_dir": str(result.out_dir), **summary}))
+        else:
+            print(f"{video}: {result.frames} frames analysed, face in {face['share']:.0%}, "
+                  f"{summary['windows_with_mood']}/{summary['windows']} windows with a mood, "
+                  f"dominant {summary['dominant'] or '-'}")
+            print(f"  report: {result.out_dir / 'report.html'}")
+    if not args.json:
+        print(NOTICE)
+    return 0
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from device.evaluate import evaluate_faces
+    from device.metrics import format_report
+
+    config = load_config(args.config)
+    update, close = _progress_bar("eval", args.quiet or args.json)
+    try:
+        report = evaluate_faces(Path(args.folder), config, progress=update)
+    finally:
+        close()
+    if args.json:
+        print(json.dumps(report))
+    else:
+        print(f"{report['folder']}: model {report['model']} ({report['model_sha256'][:12]}), "
+              f"flip average {'on' if report['flip_average'] else 'off'}, "
+              f"{report['cpu_ms_per_face']:.3f} CPU ms per face")
+        print(format_report(report))
+    return 0
+
+
+def cmd_validate_config(args: argparse.Namespace) -> int:
+    load_config(args.config)
+    print(f"{args.config}: ok")
+    return 0
+
+
+def cmd_show_config(args: argparse.Namespace) -> int:
+    if args.config:
+        import dataclasses
+
+        print(json.dumps(dataclasses.asdict(load_config(args.config)), indent=2))
+    else:
+        print(describe_defaults(), end="")
+    return 0
+
+
+def cmd_fetch_models(args: argparse.Namespace) -> int:
+    from device.assets import fetch_all
+
+    for line in fetch_all():
+        print(line)
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="affectbox",
+        description=f"On-device mood estimation for clinic sessions. {NOTICE}",
+    )
+    parser.add_argument("--version", action="version", version=f"affectbox {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    analyze = sub.add_parser("analyze", help="analyse recorded video files offline")
+    analyze.add_argument("videos", nargs="+", metavar="VIDEO")
+    analyze.add_argument("--out", help="output folder (default: ./<video name>.affectbox)")
+    analyze.add_argument("--config", help="TOML config file (default: built-in defaults)")
+    analyze.add_argument("--json", action="store_true", help="print the summary as one JSON object per video")
+    analyze.add_argument("--quiet", action="store_true", help="no progress bar")
+    analyze.set_defaults(func=cmd_analyze)
+
+    evaluate = sub.add_parser("eval", help="measure a model on a labelled dataset folder")
+    evaluate_sub = evaluate.add_subparsers(dest="modality", required=True, metavar="MODALITY")
+    face = evaluate_sub.add_parser("face", help="facial expression on <class>/<image> folders (FER2013 layout)")
+    face.add_argument("folder", metavar="DIR")
+    face.add_argument("--config", help="TOML config file")
+    face.add_argument("--json", action="store_true", help="print one JSON object")
+    face.add_argument("--quiet", action="store_true", help="no progress bar")
+    face.set_defaults(func=cmd_eval)
+
+    validate = sub.add_parser("validate-config", help="check a config file and exit")
+    validate.add_argument("config", nargs="?", default="/etc/affectbox/config.toml")
+    validate.set_defaults(func=cmd_validate_config)
+
+    show = sub.add_parser("show-config", help="print every setting with its default (or a file's values)")
+    show.add_argument("--config", help="show this file's effective values as JSON")
+    show.set_defaults(func=cmd_show_config)
+
+    fetch = sub.add_parser("fetch-models", help="fetch and verify third-party model files (set-up time)")
+    fetch.set_defaults(func=cmd_fetch_models)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args))
+    except AffectboxError as exc:
+        print(f"affectbox: error: {exc}", file=sys.stderr)
+        return exc.exit_code
+    except KeyboardInterrupt:
+        print("affectbox: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,42 @@
+"""The one label set shared by both modalities, and its valence/arousal coordinates.
+
+Order is FER2013's original integer order; every model, manifest and payload uses it.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
+NUM_LABELS = len(LABELS)
+
+# Valence (unpleasant -1 .. pleasant +1) and arousal (calm -1 .. activated +1) per label.
+# Source: the circumplex model of affect (J. A. Russell, "A circumplex model of affect",
+# J. Pers. Soc. Psychol. 39(6):1161-1178, 1980), where each affect word sits at an angle around
+# the valence/arousal origin. The coordinates below are this project's hand placements that keep
+# the circumplex's ordering (happy: pleasant and mildly aroused; surprise: aroused, mildly
+# pleasant; angry and fear: aroused and unpleasant, fear the more aroused; sad: unpleasant and
+# deactivated; neutral at the origin). "Disgust" is not among Russell's words; it is placed as
+# unpleasant and moderately aroused. They are coarse: good for trends within one patient, not
+# calibrated affect measurements. Change them only here.
+VALENCE_AROUSAL: dict[str, tuple[float, float]] = {
+    "angry": (-0.4, 0.8),
+    "disgust": (-0.7, 0.4),
+    "fear": (-0.3, 0.9),
+    "happy": (0.9, 0.2),
+    "sad": (-0.8, -0.4),
+    "surprise": (0.3, 0.9),
+    "neutral": (0.0, 0.0),
+}
+
+VA_TABLE = np.array([VALENCE_AROUSAL[label] for label in LABELS], dtype=np.float64)  # [7, 2]
+
+
+def valence_arousal(probs: np.ndarray) -> tuple[float, float]:
+    """Expected (valence, arousal) under a probability vector over LABELS."""
+    p = np.asarray(probs, dtype=np.float64)
+    total = p.sum()
+    if total <= 0:
+        return 0.0, 0.0
+    v, a = (p / total) @ VA_TABLE
+    return float(v), float(a)

@@ -1,0 +1,107 @@
+"""Copy a trained face model into models/ and write its manifest from what was measured.
+
+    python models/training/publish_face.py --work build/face-train --models models
+
+Reads `<work>/face_expression_int8.tflite` and `<work>/metrics.json` (written by
+train_face.py's evaluate stage) and writes `models/face_expression_int8.tflite` and
+`models/face_expression.json`: file, sha256, input/output contract read from the interpreter,
+labels, calibration temperature, headline metrics, training data and licence. Needs only
+numpy and ai-edge-litert.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import shutil
+import time
+from pathlib import Path
+
+import numpy as np
+
+LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+
+
+def contract(path: Path) -> tuple[dict, dict]:
+    from ai_edge_litert.interpreter import Interpreter
+
+    interp = Interpreter(model_path=str(path))
+    interp.allocate_tensors()
+    inp = interp.get_input_details()[0]
+    out = interp.get_output_details()[0]
+    in_scale, in_zero = inp["quantization"]
+    out_scale, out_zero = out["quantization"]
+    return (
+        {
+            "shape": [int(x) for x in inp["shape"]],
+            "dtype": np.dtype(inp["dtype"]).name,
+            "scale": float(in_scale),
+            "zero_point": int(in_zero),
+            "normalisation": "48x48 grayscale face crop, pixel values 0..255 quantised as "
+            "round(pixel / scale + zero_point); the model rescales to [-1, 1] internally",
+            "framing": "FER2013-like crop: side 1.18x the BlazeFace box, centre 0.10 box heights above "
+            "the box centre, eyes levelled (device/inference/face_crop.py)",
+        },
+        {
+            "shape": [int(x) for x in out["shape"]],
+            "dtype": np.dtype(out["dtype"]).name,
+            "scale": float(out_scale),
+            "zero_point": int(out_zero),
+            "kind": "logits",
+            "labels": LABELS,
+        },
+    )
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--work", default="build/face-train")
+    parser.add_argument("--models", default="models")
+    parser.add_argument("--version", default=time.strftime("%Y.%m.%d", time.gmtime()))
+    args = parser.parse_args()
+    work, models = Path(args.work), Path(args.models)
+    source = work / "face_expression_int8.tflite"
+    metrics = json.loads((work / "metrics.json").read_text())
+    target = models / "face_expression_int8.tflite"
+    shutil.copyfile(source, target)
+    input_contract, output_contract = contract(target)
+    flip = metrics["int8_flip_average"]
+    manifest = {
+        "name": "affectbox_face_expression",
+        "version": args.version,
+        "file": target.name,
+        "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
+        "size_bytes": target.stat().st_size,
+        "input": input_contract,
+        "output": output_contract,
+        "calibration": {
+            "temperature": metrics["temperature"],
+            "method": "temperature scaling fitted on FER2013 val (PublicTest) by minimising NLL of the "
+            "flip-averaged int8 logits",
+            "ece_before": round(metrics["ece_before"], 4),
+            "ece_after": round(metrics["ece_after"], 4),
+        },
+        "inference": {"flip_average": True},
+        "metrics_val": {
+            "split": metrics["split"],
+            "accuracy_flip_average": round(flip["accuracy"], 4),
+            "macro_f1_flip_average": round(flip["macro_f1"], 4),
+            "accuracy_single": round(metrics["int8_single"]["accuracy"], 4),
+            "n": flip["n"],
+        },
+        "training": {
+            "data": "FER2013 (Goodfellow et al., 2013), 28,709 'Training' images; model selection and "
+            "calibration on the 3,589 'PublicTest' images",
+            "code": "models/training/train_face.py",
+            "licence": "FER2013 is released for non-commercial research; this model inherits that "
+            "restriction (non-commercial use only)",
+        },
+        "model_card": "MODEL_CARD_face.md",
+    }
+    (models / "face_expression.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    print(f"published {target} ({manifest['size_bytes']} bytes, sha256 {manifest['sha256'][:12]})")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""Windows and session summary from observations."""
+
+import numpy as np
+import pytest
+
+from device.aggregate import WindowAggregator, summarize
+from device.config import AggregationConfig
+from device.labels import LABELS, VALENCE_AROUSAL
+from device.observation import Observation
+
+
+def onehot(label: str) -> np.ndarray:
+    p = np.zeros(len(LABELS))
+    p[LABELS.index(label)] = 1.0
+    return p
+
+
+def feed(observations, config=AggregationConfig(window_seconds=10.0, min_face_share=0.2), end=None):
+    agg = WindowAggregator(config)
+    windows = []
+    for obs in observations:
+        windows += agg.add(obs)
+    windows += agg.flush(end)
+    return windows
+
+
+def test_windows_split_by_time_and_carry_means():
+    obs = [Observation(t / 10, "face", onehot("happy"), 1.0) for t in range(100)]
+    obs += [Observation(10 + t / 10, "face", onehot("sad") if t % 2 else None, 0.0 if t % 2 == 0 else 1.0)
+            for t in range(100)]
+    windows = feed(obs, end=20.0)
+    assert [w.index for w in windows] == [0, 1]
+    first, second = windows
+    assert (first.start, first.end) == (0.0, 10.0) and (second.start, second.end) == (10.0, 20.0)
+    assert first.dominant == "happy" and second.dominant == "sad"
+    assert first.valence_arousal == pytest.approx(VALENCE_AROUSAL["happy"])
+    assert second.modalities["face"]["share"] == 0.5
+    assert first.modalities["face"]["expressivity"] == pytest.approx(0.0)
+
+
+def test_quality_weights_the_mean():
+    obs = [Observation(0.0, "face", onehot("happy"), 0.9), Observation(0.1, "face", onehot("sad"), 0.1)]
+    (window,) = feed(obs)
+    assert window.probs[LABELS.index("happy")] == pytest.approx(0.9)
+
+
+def test_low_coverage_window_has_no_mood():
+    obs = [Observation(t / 10, "face", onehot("angry") if t == 0 else None, 1.0 if t == 0 else 0.0)
+           for t in range(100)]
+    (window,) = feed(obs)
+    assert window.probs is None and window.dominant is None
+    assert window.to_json()["has_mood"] is False
+
+
+def test_empty_spans_emit_no_window_and_time_never_goes_back():
+    obs = [Observation(1.0, "face", onehot("happy"), 1.0), Observation(35.0, "face", onehot("sad"), 1.0),
+           Observation(34.0, "face", onehot("sad"), 1.0)]  # out of order: kept in the open window
+    windows = feed(obs)
+    assert [w.index for w in windows] == [0, 3]
+    assert windows[1].modalities["face"]["items"] == 2
+
+
+def test_summary_variability_and_counts():
+    obs = [Observation(t, "face", onehot("happy" if t < 10 else "sad"), 1.0) for t in range(20)]
+    windows = feed(obs, end=20.0)
+    summary = summarize(windows, 20.0, {"face": {"items": 20, "present": 20}})
+    assert summary["windows_with_mood"] == 2
+    assert summary["dominant_windows"]["happy"] == 1 and summary["dominant_windows"]["sad"] == 1
+    vh, vs = VALENCE_AROUSAL["happy"][0], VALENCE_AROUSAL["sad"][0]
+    assert summary["valence"] == pytest.approx((vh + vs) / 2, abs=1e-4)
+    assert summary["valence_sd"] == pytest.approx(abs(vh - vs) / 2, abs=1e-4)
+    assert summary["coverage"]["face"]["share"] == 1.0
+    assert "does not diagnose" in summary["notice"]
+
+
+def test_summary_without_any_face():
+    obs = [Observation(t, "face", None, 0.0) for t in range(5)]
+    windows = feed(obs)
+    summary = summarize(windows, 5.0, {"face": {"items": 5, "present": 0}})
+    assert summary["dominant"] is None and summary["windows_with_mood"] == 0

@@ -117,6 +117,8 @@ def analyze_video(
     windows.extend(aggregator.flush(end=duration))
 
     warnings = [] if counts["face"]["present"] else [NO_FACE_WARNING]
+    if source.decode_error:
+        warnings.append(f"the file is damaged: {source.decode_error}; analysed what came before")
     summary = summarize(windows, duration, counts)
     summary.update({
         "software_version": __version__,

@@ -53,10 +53,11 @@ SHARE_COLOUR = "#009E73"
 THRESHOLD_COLOUR = "#B33C00"
 DASH = "\u2014"
 MIDDOT = " \u00b7 "
+NUM = ' class="num"'
 
 SVG_NS = "http://www.w3.org/2000/svg"
 WIDTH = 880  # chart viewBox width; the SVG scales to the page width
-MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 46, 14, 10, 24
+MARGIN_LEFT, MARGIN_RIGHT, MARGIN_TOP, MARGIN_BOTTOM = 46, 22, 10, 24
 _TICK_STEPS = (1, 2, 5, 10, 15, 30, 60, 120, 300, 600, 900, 1200, 1800, 3600, 7200, 10800, 21600, 43200)
 _MARKER_LIMIT = 150  # draw a dot per window up to this many windows
 
@@ -256,7 +257,8 @@ def _value_axis(ys: _Scale, ticks: Sequence[float], x0: float, x1: float, spec: 
         y = ys(v)
         cls = "zero" if zero and v == 0 else "grid"
         out.append(f'<line class="{cls}" x1="{x0:.1f}" x2="{x1:.1f}" y1="{y:.1f}" y2="{y:.1f}"/>')
-        out.append(f'<text x="{x0 - 6:.1f}" y="{y + 4:.1f}" text-anchor="end">{format(v, spec)}</text>')
+        text = "0" if v == 0 else format(v, spec)
+        out.append(f'<text x="{x0 - 6:.1f}" y="{y + 4:.1f}" text-anchor="end">{text}</text>')
     return out
 
 
@@ -446,7 +448,10 @@ def _valence_arousal_chart(windows: Sequence[Mapping[str, Any]], t0: float, t1: 
     prev_index: Any = None
     for w in windows:
         start, end = _finite(w.get("start")), _finite(w.get("end"))
-        mid = (start + end) / 2 if start is not None and end is not None else start if start is not None else end
+        if start is not None and end is not None:
+            mid: float | None = (start + end) / 2
+        else:
+            mid = start if start is not None else end
         mids.append(xs(mid) if mid is not None else math.nan)
         index = w.get("index")
         breaks.append(isinstance(index, int) and isinstance(prev_index, int) and index != prev_index + 1)
@@ -465,7 +470,8 @@ def _valence_arousal_chart(windows: Sequence[Mapping[str, Any]], t0: float, t1: 
     return _figure(caption, svg + legend, "(gaps: windows without a mood estimate)")
 
 
-def _window_rects(windows: Sequence[Mapping[str, Any]], xs: _Scale) -> list[tuple[Mapping[str, Any], float, float]]:
+def _window_rects(windows: Sequence[Mapping[str, Any]],
+                  xs: _Scale) -> list[tuple[Mapping[str, Any], float, float]]:
     out = []
     for w in windows:
         start, end = _finite(w.get("start")), _finite(w.get("end"))
@@ -522,7 +528,8 @@ def _dominant_strip(windows: Sequence[Mapping[str, Any]], t0: float, t1: float) 
         else:
             seen.add(str(label))
         colour = NO_MOOD_COLOUR if label is None else _label_colour(label)
-        tip = f"{clock(w.get('start'))}\u2013{clock(w.get('end'))}: {label if label is not None else 'no mood'}"
+        name = label if label is not None else "no mood"
+        tip = f"{clock(w.get('start'))}\u2013{clock(w.get('end'))}: {name}"
         body.append(f'<rect x="{x:.1f}" y="{top}" width="{width:.1f}" height="{bottom - top}" '
                     f'fill="{colour}"><title>{_esc(tip)}</title></rect>')
     svg = _svg(height, "Dominant expression label of each window over time", body)
@@ -609,7 +616,7 @@ def _summary_table(summary: Mapping[str, Any], windows: Sequence[Mapping[str, An
 
     rows = [
         ("Duration", _esc(f"{clock(duration)} ({_fmt(duration, '.1f')} s)" if duration is not None else DASH),
-         ""),
+         "length of the analysed recording (mm:ss)"),
         ("Share of time with a face", _esc(face_text), "analysed frames in which a face was found"),
         ("Dominant mood", dominant_html, "label with the highest mean probability over windows with a mood"),
         ("Mean valence", _esc(va("valence")),
@@ -620,8 +627,8 @@ def _summary_table(summary: Mapping[str, Any], windows: Sequence[Mapping[str, An
         ("Windows with a mood estimate", _esc(window_text),
          "a window needs enough frames with a face to carry a mood"),
     ]
-    body = "".join(f'<tr><th scope="row">{_esc(name)}</th><td>{value}</td><td class="about">{_esc(about)}</td></tr>'
-                   for name, value, about in rows)
+    body = "".join(f'<tr><th scope="row">{_esc(name)}</th><td>{value}</td>'
+                   f'<td class="about">{_esc(about)}</td></tr>' for name, value, about in rows)
     return f'<table class="summary"><tbody>{body}</tbody></table>'
 
 
@@ -663,7 +670,7 @@ def _models_table(summary: Mapping[str, Any]) -> str:
         return f'<p class="muted">{DASH} (no model information)</p>'
     keys = ["name", "version"]
     keys += [k for m in models for k in m if k not in keys and k != "sha256"]
-    keys = list(dict.fromkeys(keys)) + ["sha256"]
+    keys = [*dict.fromkeys(keys), "sha256"]
     head = "".join(f'<th scope="col">{_esc("SHA-256" if k == "sha256" else _human(k))}</th>' for k in keys)
     rows = []
     mono = ' class="mono"'
@@ -694,21 +701,24 @@ def _config_block(summary: Mapping[str, Any]) -> str:
 def _windows_table(windows: Sequence[Mapping[str, Any]]) -> str:
     if not windows:
         return _empty("No windows: nothing was analysed.")
-    head = ("<thead><tr><th scope=\"col\" class=\"num\">#</th><th scope=\"col\">Start</th>"
-            "<th scope=\"col\">End</th><th scope=\"col\">Dominant</th><th scope=\"col\" class=\"num\">Valence</th>"
-            "<th scope=\"col\" class=\"num\">Arousal</th><th scope=\"col\" class=\"num\">Face share</th>"
-            "</tr></thead>")
+    columns = (("#", True), ("Start", False), ("End", False), ("Dominant", False), ("Valence", True),
+               ("Arousal", True), ("Face share", True))
+    head = "".join(f'<th scope="col"{NUM if num else ""}>{name}</th>' for name, num in columns)
+    head = f"<thead><tr>{head}</tr></thead>"
     rows = []
     for w in windows:
         mood = _has_mood(w)
         dominant = w.get("dominant") if mood else None
-        dom = DASH + " no mood" if dominant is None else _swatch(_label_colour(dominant)) + " " + _esc(dominant)
+        if dominant is None:
+            dom = DASH + " no mood"
+        else:
+            dom = _swatch(_label_colour(dominant)) + " " + _esc(dominant)
         cls = "" if mood else ' class="nomood"'
         rows.append(
-            f"<tr{cls}><td class=\"num\">{_esc(_plain(w.get('index')))}</td><td>{clock(w.get('start'))}</td>"
-            f"<td>{clock(w.get('end'))}</td><td>{dom}</td><td class=\"num\">{_fmt(w.get('valence'), '+.2f')}</td>"
-            f"<td class=\"num\">{_fmt(w.get('arousal'), '+.2f')}</td>"
-            f"<td class=\"num\">{_pct(_window_face(w).get('share'))}</td></tr>")
+            f"<tr{cls}><td{NUM}>{_esc(_plain(w.get('index')))}</td><td>{clock(w.get('start'))}</td>"
+            f"<td>{clock(w.get('end'))}</td><td>{dom}</td><td{NUM}>{_fmt(w.get('valence'), '+.2f')}</td>"
+            f"<td{NUM}>{_fmt(w.get('arousal'), '+.2f')}</td>"
+            f"<td{NUM}>{_pct(_window_face(w).get('share'))}</td></tr>")
     return f'<table class="windows">{head}<tbody>{"".join(rows)}</tbody></table>'
 
 
@@ -733,7 +743,8 @@ def render_report(summary: dict[str, Any], windows: list[dict[str, Any]], timeli
     warnings_html = ""
     if warnings:
         items = "".join(f"<li>{_esc(w)}</li>" for w in warnings)
-        warnings_html = f'<section class="warnings" aria-label="Warnings"><h2>Warnings</h2><ul>{items}</ul></section>'
+        warnings_html = (f'<section class="warnings" aria-label="Warnings"><h2>Warnings</h2>'
+                         f"<ul>{items}</ul></section>")
 
     source = _mapping(summary.get("source"))
     subtitle = [s for s in (source.get("file"), summary.get("created_utc")) if s]
@@ -747,8 +758,8 @@ def render_report(summary: dict[str, Any], windows: list[dict[str, Any]], timeli
 
     no_mood = "No face found often enough in any window: no dominant expression."
     bars = (
-        _label_bars(dominant_counts, "Windows dominated by each label", "Number of windows each label dominated",
-                    count_text, empty=no_mood)
+        _label_bars(dominant_counts, "Windows dominated by each label",
+                    "Number of windows each label dominated", count_text, empty=no_mood)
         + _label_bars(_mapping(summary.get("probs")), "Mean probability over windows with a mood",
                       "Mean probability of each label over the session", lambda v: _fmt(v, ".2f"),
                       scale_max=1.0, empty="No face found: no mean probabilities.")
@@ -764,7 +775,8 @@ def render_report(summary: dict[str, Any], windows: list[dict[str, Any]], timeli
         f'<p class="notice" role="note"><strong>Not a diagnosis.</strong> {_esc(notice)}</p></header>',
         warnings_html,
         f'<section aria-label="Recording"><h2>Recording</h2>{_source_block(summary)}</section>',
-        f'<section aria-label="Summary"><h2>Summary</h2>{_summary_table(summary, windows, window_seconds)}</section>',
+        '<section aria-label="Summary"><h2>Summary</h2>',
+        f"{_summary_table(summary, windows, window_seconds)}</section>",
         '<section aria-label="Mood over time"><h2>Mood over time</h2>',
         _probability_chart(times, probs, t0, t1),
         _valence_arousal_chart(windows, t0, t1),

@@ -77,7 +77,8 @@ def test_windows_and_summary(analysis):
     assert summary["warnings"] == []
     assert {m["name"] for m in summary["models"]} == {"blazeface_short_range", "affectbox_face_expression"}
     assert all(len(m["sha256"]) == 64 for m in summary["models"])
-    rows = list(csv.DictReader((out / "windows.csv").open()))
+    with (out / "windows.csv").open() as handle:
+        rows = list(csv.DictReader(handle))
     assert len(rows) == 1 and rows[0]["dominant"] == window["dominant"]
 
 
@@ -92,7 +93,7 @@ def test_report_is_self_contained_html(analysis):
 
 def test_window_length_from_config(face_video, tmp_path):
     config = tmp_path / "c.toml"
-    config.write_text("[aggregation]\nwindow_seconds = 2.5\n[face]\nanalysis_fps = 4\n")
+    config.write_text("[aggregation]\nwindow_seconds = 2.0\n[face]\nanalysis_fps = 4\n")
     out = tmp_path / "out"
     result = subprocess.run(
         [sys.executable, "-m", "device", "analyze", str(face_video.path), "--out", str(out), "--quiet",
@@ -101,8 +102,8 @@ def test_window_length_from_config(face_video, tmp_path):
     )
     assert result.returncode == 0, result.stderr
     summary = json.loads(result.stdout)
-    assert summary["windows"] == 4
-    # windows 0 (0-2.5 s, no face) and 3 (7.5-10 s, face from 7 to 9 s) differ in coverage
+    assert summary["windows"] == 5
+    # the first 2 s hold no face; 2-4 s are all face
     windows = read_jsonl(out / "windows.jsonl")
     assert not windows[0]["has_mood"] and windows[1]["has_mood"]
     assert len(read_jsonl(out / "timeline.jsonl")) == 40

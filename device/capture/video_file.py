@@ -1,16 +1,20 @@
 """Frames from a recorded video file at media time, sampled at the analysis rate.
 
 Used by `affectbox analyze` (as fast as the CPU allows) and later by the daemon's replay mode.
-Decoding is OpenCV's (FFmpeg inside opencv-python-headless). Frames between samples are only
-grabbed, not converted, which keeps the cost of a 30 fps file analysed at 10 fps low.
+Decoding is PyAV's (FFmpeg libraries in the wheel): it reports bad input as exceptions rather
+than log lines on stderr, and gives each frame its presentation time, so variable-frame-rate
+files get true media times. Frames between samples are decoded but not converted to BGR.
+A file that breaks off mid-stream yields the frames before the break and records why in
+`decode_error`, so a partly damaged recording is still analysed.
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterator
+from fractions import Fraction
 from pathlib import Path
 
-import cv2
+import av
 
 from device.errors import MediaError
 from device.observation import Frame
@@ -23,21 +27,33 @@ class VideoFileSource:
             raise MediaError(f"{self.path}: no such file")
         if not self.path.is_file():
             raise MediaError(f"{self.path}: not a file")
-        self.capture = cv2.VideoCapture(str(self.path))
-        if not self.capture.isOpened():
-            raise MediaError(f"{self.path}: not a video file OpenCV can decode")
-        fps = self.capture.get(cv2.CAP_PROP_FPS)
-        self.fps = fps if 0 < fps < 1000 else 0.0
-        count = self.capture.get(cv2.CAP_PROP_FRAME_COUNT)
-        self.frame_count = int(count) if count and count > 0 else 0
-        self.width = int(self.capture.get(cv2.CAP_PROP_FRAME_WIDTH))
-        self.height = int(self.capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+        try:
+            self.container = av.open(str(self.path))
+        except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:
+            raise MediaError(f"{self.path}: not a video file that can be decoded ({_reason(exc)})") from None
+        if not self.container.streams.video:
+            self.container.close()
+            raise MediaError(f"{self.path}: has no video stream")
+        self.stream = self.container.streams.video[0]
+        rate = self.stream.average_rate or self.stream.guessed_rate
+        self.fps = float(rate) if rate and 0 < float(rate) < 1000 else 0.0
+        self.frame_count = int(self.stream.frames or 0)
+        self.width = int(self.stream.codec_context.width or 0)
+        self.height = int(self.stream.codec_context.height or 0)
         self.analysis_fps = analysis_fps
         self.frames_read = 0
+        self.decode_error: str | None = None
+        base = self.stream.time_base or Fraction(1, 1)
+        self._time_base = float(base)
+        self._start = float(self.stream.start_time * base) if self.stream.start_time is not None else 0.0
 
     @property
     def duration(self) -> float:
-        """Duration in seconds from the container's frame count, 0 when unknown."""
+        """Duration in seconds from the container, 0 when unknown."""
+        if self.stream.duration is not None and self._time_base:
+            return float(self.stream.duration) * self._time_base
+        if self.container.duration is not None:
+            return self.container.duration / av.time_base
         return self.frame_count / self.fps if self.fps and self.frame_count else 0.0
 
     def expected_samples(self) -> int:
@@ -45,33 +61,39 @@ class VideoFileSource:
             return 0
         return int(self.duration * min(self.analysis_fps, self.fps or self.analysis_fps)) + 1
 
-    def _media_time(self, index: int) -> float:
-        if self.fps:
-            return index / self.fps
-        return max(0.0, self.capture.get(cv2.CAP_PROP_POS_MSEC) / 1000.0)
+    def _media_time(self, frame: av.VideoFrame, index: int) -> float:
+        if frame.pts is not None:
+            return max(0.0, frame.pts * self._time_base - self._start)
+        return index / self.fps if self.fps else 0.0
 
     def __iter__(self) -> Iterator[Frame]:
         step = 1.0 / self.analysis_fps
         next_t = 0.0
         index = 0
         try:
-            while self.capture.grab():
-                t = self._media_time(index)
+            for frame in self.container.decode(self.stream):
+                t = self._media_time(frame, index)
                 index += 1
                 self.frames_read = index
                 # small tolerance so a 30 fps file sampled at 10 fps keeps every third frame
                 if t + 1e-6 < next_t:
-                    continue
-                ok, image = self.capture.retrieve()
-                if not ok or image is None:
                     continue
                 # keep the nominal cadence (a 15 fps file still gives 10 samples a second), but
                 # after a gap in the stream resume it from this frame instead of catching up
                 next_t += step
                 if next_t <= t:
                     next_t = t + step
-                yield Frame(t, image, index - 1)
+                yield Frame(t, frame.to_ndarray(format="bgr24"), index - 1)
+        except (av.FFmpegError, ValueError) as exc:
+            self.decode_error = f"decoding stopped after {index} frames ({_reason(exc)})"
         finally:
-            self.capture.release()
+            self.container.close()
         if index == 0:
-            raise MediaError(f"{self.path}: the video holds no decodable frames")
+            detail = f": {self.decode_error}" if self.decode_error else ""
+            raise MediaError(f"{self.path}: the video holds no decodable frames{detail}")
+
+
+def _reason(exc: BaseException) -> str:
+    """FFmpeg's own short reason, without the errno and file name PyAV adds."""
+    strerror = getattr(exc, "strerror", None)
+    return str(strerror or exc).splitlines()[0] if (strerror or str(exc)) else type(exc).__name__

@@ -8,8 +8,11 @@ One interpreter per model, created once; `num_threads` comes from the config.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -37,6 +40,24 @@ def _interpreter_class() -> tuple[type, str]:
         raise ModelError(
             "no TFLite runtime installed: install ai-edge-litert (or tflite-runtime)"
         ) from None
+
+
+@contextlib.contextmanager
+def _quiet_native_stderr():
+    """Silence LiteRT's native start-up chatter ("INFO: Created TensorFlow Lite XNNPACK delegate").
+
+    It is written by C++ straight to file descriptor 2, where it would break the CLI's promise
+    of one-line errors and clutter the journal. Python-level errors still propagate normally.
+    """
+    sys.stderr.flush()
+    saved = os.dup(2)
+    try:
+        with open(os.devnull, "wb") as devnull:
+            os.dup2(devnull.fileno(), 2)
+        yield
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def runtime_name() -> str:
@@ -100,8 +121,9 @@ class LoadedModel:
         self.spec = spec
         self.path = path
         try:
-            self.interpreter = interpreter_cls(model_path=str(path), num_threads=num_threads)
-            self.interpreter.allocate_tensors()
+            with _quiet_native_stderr():
+                self.interpreter = interpreter_cls(model_path=str(path), num_threads=num_threads)
+                self.interpreter.allocate_tensors()
         except (ValueError, RuntimeError) as exc:
             raise ModelError(f"{path}: LiteRT cannot load this model ({exc})") from None
         self.input = self.interpreter.get_input_details()[0]
@@ -153,6 +175,7 @@ def load_model(spec: ModelSpec, models_dir: Path, num_threads: int = 1) -> Loade
 def load_interpreter(path: Path, num_threads: int = 1) -> Any:
     """An unverified interpreter for a model outside our manifests (benchmark anchors only)."""
     interpreter_cls, _ = _interpreter_class()
-    interpreter = interpreter_cls(model_path=str(path), num_threads=num_threads)
-    interpreter.allocate_tensors()
+    with _quiet_native_stderr():
+        interpreter = interpreter_cls(model_path=str(path), num_threads=num_threads)
+        interpreter.allocate_tensors()
     return interpreter

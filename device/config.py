@@ -73,12 +73,53 @@ class AggregationConfig:
 
 
 @dataclass(frozen=True)
+class SpeechConfig:
+    """Voice activity detection, utterance segmentation and prosody."""
+
+    block_ms: int = _opt(
+        30, "length of one audio block from a file or the microphone in ms", min=10, max=1000
+    )
+    vad_aggressiveness: int = _opt(
+        2, "WebRTC VAD aggressiveness: 0 keeps the most speech, 3 rejects the most noise", min=0, max=3
+    )
+    energy_gate_db: float = _opt(
+        6.0, "a speech frame must be this far above the quietest frame of the last second (0 = off)",
+        min=0.0, max=30.0,
+    )
+    onset_ms: int = _opt(
+        90, "speech needed within a short stretch (twice as long, less one frame) to start an utterance",
+        min=30, max=600,
+    )
+    pre_roll_ms: int = _opt(
+        300, "audio kept before detected speech onset (soft word beginnings the VAD misses)", min=0, max=1000
+    )
+    hangover_ms: int = _opt(
+        300, "non-speech shorter than this does not end an utterance", min=30, max=3000
+    )
+    post_roll_ms: int = _opt(
+        150, "audio kept after the last speech frame (at most hangover_ms)", min=0, max=1000
+    )
+    min_utterance_ms: int = _opt(
+        500, "utterances with less speech than this (first to last speech frame) are dropped",
+        min=30, max=5000,
+    )
+    max_utterance_ms: int = _opt(
+        8000, "longer speech is cut into utterances of at most this length (bounds latency and memory)",
+        min=1000, max=30000,
+    )
+    min_pause_ms: int = _opt(
+        150, "silent gaps at least this long count as pauses in prosody", min=50, max=2000
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; one attribute per TOML table."""
 
     runtime: RuntimeConfig = field(default_factory=RuntimeConfig)
     face: FaceConfig = field(default_factory=FaceConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
+    speech: SpeechConfig = field(default_factory=SpeechConfig)
 
 
 def _type_name(tp: Any) -> str:
@@ -112,16 +153,15 @@ def _check_value(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> tuple[A
         if isinstance(value, bool) or not isinstance(value, int | float):
             return None, f"{key}: must be a number (got {value!r})"
         value = float(value)
-    elif tp is str:
-        if not isinstance(value, str):
-            return None, f"{key}: must be a string (got {value!r})"
+    elif tp is str and not isinstance(value, str):
+        return None, f"{key}: must be a string (got {value!r})"
     if meta.get("choices") is not None and value not in meta["choices"]:
         allowed = ", ".join(repr(c) for c in meta["choices"])
         return None, f"{key}: must be one of {allowed} (got {value!r})"
     lo, hi = meta.get("min"), meta.get("max")
-    if isinstance(value, int | float) and not isinstance(value, bool):
-        if (lo is not None and value < lo) or (hi is not None and value > hi) or value != value:
-            return None, f"{key}: must be between {lo:g} and {hi:g} (got {value!r})"
+    numeric = isinstance(value, int | float) and not isinstance(value, bool)
+    if numeric and ((lo is not None and value < lo) or (hi is not None and value > hi) or value != value):
+        return None, f"{key}: must be between {lo:g} and {hi:g} (got {value!r})"
     return value, None
 
 
@@ -150,7 +190,18 @@ def _validate_relations(config: Config, errors: list[str]) -> None:
     if roi is not None:
         x0, y0, x1, y1 = roi
         if not (0.0 <= x0 < x1 <= 1.0 and 0.0 <= y0 < y1 <= 1.0):
-            errors.append(f"face.roi: must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 (got {list(roi)!r})")
+            errors.append(
+                f"face.roi: must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 (got {list(roi)!r})"
+            )
+    speech = config.speech
+    if speech.post_roll_ms > speech.hangover_ms:
+        errors.append(f"speech.post_roll_ms: must not exceed speech.hangover_ms ({speech.hangover_ms}) "
+                      f"(got {speech.post_roll_ms})")
+    if speech.min_utterance_ms >= speech.max_utterance_ms:
+        errors.append(f"speech.min_utterance_ms: must be less than speech.max_utterance_ms "
+                      f"({speech.max_utterance_ms}) (got {speech.min_utterance_ms})")
+    if speech.pre_roll_ms + speech.post_roll_ms >= speech.max_utterance_ms:
+        errors.append("speech.pre_roll_ms: pre_roll_ms + post_roll_ms must be less than max_utterance_ms")
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:

@@ -1,4 +1,4 @@
-"""The items that flow through the pipeline: frames in, observations out.
+"""The items that flow through the pipeline: frames and audio blocks in, observations out.
 
 Everything downstream of a source sees only item time `t` (seconds): media time for files,
 monotonic time since session start for live capture, so offline and live behave the same.
@@ -21,6 +21,36 @@ class Frame:
     t: float
     image: np.ndarray
     index: int = 0
+
+
+SAMPLE_RATE = 16000  # Hz; every audio source delivers 16 kHz mono int16, the speech models' input rate
+
+
+@dataclass(frozen=True)
+class AudioBlock:
+    """A fixed-length block of 16 kHz mono int16 PCM starting at item time `t`.
+
+    File and microphone sources both yield blocks of exactly `block_ms`; a file's last block is
+    zero-padded to that length, and `valid` says how many of its samples are real.
+    """
+
+    t: float
+    pcm: np.ndarray
+    valid: int = -1  # samples of real audio; -1 = the whole block
+
+    @property
+    def padded(self) -> bool:
+        """True for a final block that was filled up with zeros."""
+        return 0 <= self.valid < len(self.pcm)
+
+    @property
+    def samples(self) -> np.ndarray:
+        """The real audio of the block, without padding."""
+        return self.pcm[: self.valid] if self.padded else self.pcm
+
+    @property
+    def duration(self) -> float:
+        return len(self.pcm) / SAMPLE_RATE
 
 
 @dataclass(frozen=True)

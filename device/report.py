@@ -709,10 +709,7 @@ def _windows_table(windows: Sequence[Mapping[str, Any]]) -> str:
     for w in windows:
         mood = _has_mood(w)
         dominant = w.get("dominant") if mood else None
-        if dominant is None:
-            dom = DASH + " no mood"
-        else:
-            dom = _swatch(_label_colour(dominant)) + " " + _esc(dominant)
+        dom = DASH + " no mood" if dominant is None else _swatch(_label_colour(dominant)) + " " + _esc(dominant)
         cls = "" if mood else ' class="nomood"'
         rows.append(
             f"<tr{cls}><td{NUM}>{_esc(_plain(w.get('index')))}</td><td>{clock(w.get('start'))}</td>"

@@ -15,7 +15,10 @@ def onehot(label: str) -> np.ndarray:
     return p
 
 
-def feed(observations, config=AggregationConfig(window_seconds=10.0, min_face_share=0.2), end=None):
+DEFAULT = AggregationConfig(window_seconds=10.0, min_face_share=0.2)
+
+
+def feed(observations, config=DEFAULT, end=None):
     agg = WindowAggregator(config)
     windows = []
     for obs in observations:

@@ -1,1 +1,1 @@
-"""Sources of timestamped items: camera and video-file frames (audio arrives with the speech issue)."""
+"""Sources of timestamped items: video-file frames and audio-file blocks (camera and microphone to come)."""

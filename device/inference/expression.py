@@ -13,18 +13,12 @@ from typing import Any
 
 import numpy as np
 
+from device.calibration import softmax
 from device.errors import ModelError
 from device.inference.runtime import LoadedModel, ModelSpec, load_model, read_manifest
 from device.labels import LABELS
 
 MANIFEST_NAME = "face_expression.json"
-
-
-def softmax(logits: np.ndarray, temperature: float = 1.0) -> np.ndarray:
-    z = np.asarray(logits, dtype=np.float64) / temperature
-    z = z - z.max(axis=-1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=-1, keepdims=True)
 
 
 def load_expression_manifest(models_dir: Path) -> dict[str, Any]:

@@ -28,10 +28,19 @@ from pathlib import Path
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-import numpy as np  # noqa: E402
+import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from fer_data import LABELS, load_split  # noqa: E402
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: training may import device
+from fer_data import LABELS, load_split
+
+from device.calibration import expected_calibration_error as ece
+from device.calibration import fit_temperature, softmax
+from device.metrics import classification_report
+
+
+def metrics(pred: np.ndarray, labels: np.ndarray) -> dict:
+    return classification_report(labels, pred)
 
 BATCH = 128
 VAL_BATCH = 97  # 3589 = 37 * 97: no partial batch (oneDNN double-free on partial batches, FIELD_NOTES)
@@ -242,53 +251,6 @@ def run_int8(model_path: Path, images: np.ndarray) -> np.ndarray:
         interp.invoke()
         logits[i] = (interp.get_tensor(out["index"])[0].astype(np.float32) - out_zero) * out_scale
     return logits
-
-
-def softmax(z: np.ndarray) -> np.ndarray:
-    z = z - z.max(axis=1, keepdims=True)
-    e = np.exp(z)
-    return e / e.sum(axis=1, keepdims=True)
-
-
-def fit_temperature(logits: np.ndarray, labels: np.ndarray) -> float:
-    """Temperature minimising the negative log-likelihood on val (grid + refinement)."""
-
-    def nll(t: float) -> float:
-        p = softmax(logits / t)
-        return float(-np.mean(np.log(p[np.arange(len(labels)), labels] + 1e-12)))
-
-    grid = np.linspace(0.3, 5.0, 95)
-    t0 = float(grid[np.argmin([nll(t) for t in grid])])
-    fine = np.linspace(max(0.05, t0 - 0.05), t0 + 0.05, 41)
-    return float(fine[np.argmin([nll(t) for t in fine])])
-
-
-def ece(probs: np.ndarray, labels: np.ndarray, bins: int = 15) -> float:
-    conf = probs.max(axis=1)
-    correct = probs.argmax(axis=1) == labels
-    edges = np.linspace(0, 1, bins + 1)
-    total = 0.0
-    for lo, hi in zip(edges[:-1], edges[1:]):
-        sel = (conf > lo) & (conf <= hi)
-        if sel.any():
-            total += sel.mean() * abs(correct[sel].mean() - conf[sel].mean())
-    return float(total)
-
-
-def metrics(pred: np.ndarray, labels: np.ndarray) -> dict:
-    k = len(LABELS)
-    cm = np.zeros((k, k), dtype=int)
-    np.add.at(cm, (labels, pred), 1)
-    recall = cm.diagonal() / np.maximum(cm.sum(axis=1), 1)
-    precision = cm.diagonal() / np.maximum(cm.sum(axis=0), 1)
-    f1 = np.where(recall + precision > 0, 2 * recall * precision / np.maximum(recall + precision, 1e-12), 0)
-    return {
-        "accuracy": float((pred == labels).mean()),
-        "macro_f1": float(f1.mean()),
-        "per_class_recall": {lab: float(r) for lab, r in zip(LABELS, recall)},
-        "confusion_matrix": cm.tolist(),
-        "n": int(len(labels)),
-    }
 
 
 def calibrate_and_evaluate(args: argparse.Namespace, model_path: Path) -> dict:

@@ -1,0 +1,1 @@
+"""Audio for the speech analyzer: file reading, resampling to 16 kHz, and the speech model's features."""

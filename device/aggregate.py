@@ -1,35 +1,48 @@
-"""From observations to per-window aggregates and a session summary.
+"""From observations of both modalities to per-window aggregates and a session summary.
 
-A window covers `[start, start + window_seconds)` of item time. For each modality it holds the
-share of analysed items where the modality saw something, the quality-weighted mean of the
-calibrated probabilities, and their spread (expressivity). The window's mood (probabilities,
-dominant label, valence, arousal) comes from the modalities that met the coverage threshold;
-with the face pathway alone, that is the face's distribution.
+A window covers `[start, start + window_seconds)` of item time. For each modality it holds:
+- coverage: the face's share of analysed frames with a face; speech's share of the window's time
+  covered by utterances;
+- the quality-weighted mean of the calibrated probabilities, and their spread (expressivity);
+then `device.fusion.fuse` turns the modalities into the window's mood (probabilities, dominant
+label, valence, arousal). Speech windows also carry prosody (device/audio/prosody.py), from
+every utterance overlapping the window.
 
-`WindowAggregator.add` returns the windows that closed because time moved past them, so the
-same object serves offline analysis (media time) and the live daemon (monotonic time).
-Memory is bounded: only the open window's observations are held.
+Speech observations arrive late: an utterance is classified when it ends, up to
+`max_utterance_ms` + `hangover_ms` after it began, while frames keep coming. So windows close
+only when item time has moved `lateness` seconds past their end (a watermark); an observation
+later still, for a window already closed, is counted in `late_dropped` and otherwise ignored.
+`add` returns the windows that closed, so the same object serves offline analysis (media time)
+and the live daemon (monotonic time). Memory is bounded by the open windows and the utterances
+that can still overlap them.
 """
 
 from __future__ import annotations
 
+import math
+from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from device.config import AggregationConfig
+from device.audio.prosody import window_prosody
+from device.config import AggregationConfig, FusionConfig
+from device.fusion import ModalityEstimate, fuse
 from device.labels import LABELS, NUM_LABELS, valence_arousal
 from device.observation import Observation
 
 NOT_A_DIAGNOSIS = (
     "affectbox supports clinical judgment; it does not diagnose. Mood estimates from facial expression "
-    "are probabilistic and can be wrong, especially for faces unlike its training data."
+    "and voice are probabilistic and can be wrong, especially for people unlike its training data."
 )
+# per-window prosody measures averaged into the session summary, weighted by speech time
+PROSODY_SUMMARY_KEYS = ("f0_mean_hz", "f0_sd_hz", "f0_mean_st", "f0_sd_st", "energy_sd_db", "speaking_rate",
+                        "articulation_rate", "pause_ratio", "mean_pause_s")
 
 
 def _round(x: float | None, digits: int = 4) -> float | None:
-    return None if x is None else round(float(x), digits)
+    return None if x is None or not math.isfinite(x) else round(float(x), digits)
 
 
 def probs_dict(probs: np.ndarray | None) -> dict[str, float] | None:
@@ -44,12 +57,16 @@ class ModalityStats:
 
     items: int = 0
     present: int = 0
+    seconds: float = 0.0  # time covered, for modalities whose observations span time (speech)
     weight: float = 0.0
     weighted_sum: np.ndarray = field(default_factory=lambda: np.zeros(NUM_LABELS))
     probs_list: list[np.ndarray] = field(default_factory=list)
 
     def add(self, obs: Observation) -> None:
         self.items += 1
+        duration = obs.features.get("duration")
+        if duration is not None:
+            self.seconds += float(duration)
         if obs.probs is None:
             return
         self.present += 1
@@ -58,9 +75,14 @@ class ModalityStats:
         self.weighted_sum += w * obs.probs
         self.probs_list.append(obs.probs)
 
-    @property
-    def share(self) -> float:
+    def coverage(self, window_seconds: float) -> float:
+        if self.seconds > 0:
+            return min(1.0, self.seconds / window_seconds)
         return self.present / self.items if self.items else 0.0
+
+    @property
+    def mean_quality(self) -> float:
+        return self.weight / self.present if self.present else 0.0
 
     @property
     def mean_probs(self) -> np.ndarray | None:
@@ -73,15 +95,19 @@ class ModalityStats:
             return None
         return float(np.std(np.stack(self.probs_list), axis=0).mean())
 
-    def to_json(self) -> dict[str, Any]:
-        return {
+    def to_json(self, window_seconds: float) -> dict[str, Any]:
+        row = {
             "items": self.items,
             "present": self.present,
-            "share": round(self.share, 4),
-            "mean_quality": _round(self.weight / self.present if self.present else None),
+            "share": round(self.coverage(window_seconds), 4),
+            "mean_quality": _round(self.mean_quality if self.present else None),
             "probs": probs_dict(self.mean_probs),
+            "dominant": None if self.mean_probs is None else LABELS[int(np.argmax(self.mean_probs))],
             "expressivity": _round(self.expressivity),
         }
+        if self.seconds > 0:
+            row["seconds"] = round(self.seconds, 3)
+        return row
 
 
 @dataclass(frozen=True)
@@ -91,6 +117,8 @@ class Window:
     end: float
     modalities: dict[str, dict[str, Any]]
     probs: np.ndarray | None
+    weights: dict[str, float] = field(default_factory=dict)
+    prosody: dict[str, Any] | None = None
 
     @property
     def dominant(self) -> str | None:
@@ -111,79 +139,139 @@ class Window:
             "valence": _round(valence),
             "arousal": _round(arousal),
             "probs": probs_dict(self.probs),
+            "fusion_weights": {m: round(w, 4) for m, w in self.weights.items()},
             "modalities": self.modalities,
+            "prosody": None if self.prosody is None else {k: _round(v) if isinstance(v, float) else v
+                                                          for k, v in self.prosody.items()},
         }
 
 
 class WindowAggregator:
-    """Groups observations into fixed windows of item time."""
+    """Groups observations of any modality into fixed windows of item time."""
 
-    def __init__(self, config: AggregationConfig, start: float = 0.0) -> None:
+    def __init__(self, config: AggregationConfig, fusion: FusionConfig | None = None, start: float = 0.0,
+                 lateness: float = 0.0, min_pause_s: float = 0.15) -> None:
         self.config = config
+        self.fusion = fusion or FusionConfig()
         self.start = start
-        self._index = 0
-        self._stats: dict[str, ModalityStats] = {}
-        self._last_t = start
+        self.lateness = lateness
+        self.min_pause_s = min_pause_s
+        self._open: dict[int, dict[str, ModalityStats]] = {}
+        self._next_index = 0  # every window before this one is closed
+        self._max_t = start
+        self._utterances: deque[dict[str, Any]] = deque()  # prosody of utterances that may overlap open windows
+        self.late_dropped = 0
 
-    def _window_end(self) -> float:
-        return self.start + (self._index + 1) * self.config.window_seconds
+    def _bounds(self, index: int) -> tuple[float, float]:
+        w = self.config.window_seconds
+        return self.start + index * w, self.start + (index + 1) * w
 
-    def _close(self, end: float) -> Window:
-        begin = self.start + self._index * self.config.window_seconds
-        moods = [s.mean_probs for s in self._stats.values()
-                 if s.mean_probs is not None and s.share >= self.config.min_face_share]
-        probs = np.mean(moods, axis=0) if moods else None
-        window = Window(self._index, begin, end, {m: s.to_json() for m, s in self._stats.items()}, probs)
-        self._index += 1
-        self._stats = {}
-        return window
+    def _index_of(self, t: float) -> int:
+        return max(0, int(math.floor((t - self.start) / self.config.window_seconds)))
 
-    def add(self, obs: Observation) -> list[Window]:
-        """Account one observation; returns windows that ended before it."""
-        closed: list[Window] = []
-        # an out-of-order or repeated timestamp stays in the current window
-        t = max(obs.t, self._last_t)
-        self._last_t = t
-        while t >= self._window_end():
-            if self._stats:
-                closed.append(self._close(self._window_end()))
-            else:  # nothing observed in this span: skip the window without emitting it
-                self._index += 1
-        self._stats.setdefault(obs.modality, ModalityStats()).add(obs)
+    def _close(self, index: int, end: float | None = None) -> Window:
+        begin, stop = self._bounds(index)
+        stop = stop if end is None else end
+        stats = self._open.pop(index, {})
+        length = self.config.window_seconds
+        estimates = {
+            m: ModalityEstimate(s.mean_probs, s.coverage(length), s.mean_quality)
+            for m, s in stats.items() if s.mean_probs is not None
+        }
+        probs, weights = fuse(estimates, self.fusion, self.config.min_face_share)
+        prosody = None
+        overlapping = [u for u in self._utterances
+                       if (u.get("speech_start") or 0.0) < stop and (u.get("speech_end") or 0.0) > begin]
+        if overlapping or "speech" in stats:
+            prosody = window_prosody(overlapping, begin, stop, self.min_pause_s)
+        # utterances ending before the next window can no longer matter
+        while self._utterances and (self._utterances[0].get("speech_end") or 0.0) <= stop:
+            self._utterances.popleft()
+        return Window(index, begin, stop, {m: s.to_json(length) for m, s in stats.items()}, probs, weights, prosody)
+
+    def _close_until(self, limit_index: int) -> list[Window]:
+        closed = []
+        while self._next_index < limit_index:
+            if self._next_index in self._open:
+                closed.append(self._close(self._next_index))
+            self._next_index += 1
         return closed
 
+    def add(self, obs: Observation) -> list[Window]:
+        """Account one observation; returns the windows that closed (in order)."""
+        index = self._index_of(obs.t)
+        if index < self._next_index:
+            self.late_dropped += 1
+        else:
+            self._open.setdefault(index, {}).setdefault(obs.modality, ModalityStats()).add(obs)
+            prosody = obs.features.get("prosody")
+            if prosody:
+                self._utterances.append(prosody)
+        self._max_t = max(self._max_t, obs.t)
+        watermark = self._max_t - self.lateness
+        return self._close_until(self._index_of(watermark) if watermark > self.start else 0)
+
     def flush(self, end: float | None = None) -> list[Window]:
-        """Close the open window at the end of the session (it may be shorter than the others)."""
-        if not self._stats:
-            return []
-        stop = self._window_end() if end is None else min(max(end, self._last_t), self._window_end())
-        return [self._close(stop)]
+        """Close every open window at the end of the session (the last may be shorter than the others)."""
+        closed = []
+        for index in sorted(self._open):
+            _, stop = self._bounds(index)
+            if end is not None and index == max(self._open):
+                stop = min(max(end, self._bounds(index)[0]), stop)
+            closed.append(self._close(index, stop))
+        self._next_index = max(self._next_index, (max(w.index for w in closed) + 1) if closed else 0)
+        return closed
 
 
-def summarize(windows: list[Window], duration: float, counts: dict[str, dict[str, int]]) -> dict[str, Any]:
-    """Session summary: overall mood, its variability across windows, coverage per modality."""
+def _weighted_prosody(windows: list[Window]) -> dict[str, Any] | None:
+    rows = [w.prosody for w in windows if w.prosody and w.prosody.get("speech_s")]
+    if not rows:
+        return None
+    out: dict[str, Any] = {"speech_s": round(sum(r["speech_s"] for r in rows), 3)}
+    for key in PROSODY_SUMMARY_KEYS:
+        pairs = [(r[key], r["speech_s"]) for r in rows if r.get(key) is not None]
+        weight = sum(s for _, s in pairs)
+        out[key] = _round(sum(v * s for v, s in pairs) / weight) if weight > 0 else None
+    return out
+
+
+def summarize(windows: list[Window], duration: float, counts: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """Session summary: overall mood, its variability across windows, coverage and prosody."""
     with_mood = [w for w in windows if w.probs is not None]
+    coverage = {}
+    for m, c in counts.items():
+        entry = dict(c)
+        if "seconds" in c:
+            entry["share"] = round(min(1.0, c["seconds"] / duration), 4) if duration > 0 else 0.0
+        else:
+            entry["share"] = round(c["present"] / c["items"], 4) if c["items"] else 0.0
+        coverage[m] = entry
     summary: dict[str, Any] = {
         "duration_s": round(duration, 3),
         "windows": len(windows),
         "windows_with_mood": len(with_mood),
-        "coverage": {
-            m: {**c, "share": round(c["present"] / c["items"], 4) if c["items"] else 0.0}
-            for m, c in counts.items()
-        },
+        "coverage": coverage,
+        "prosody": _weighted_prosody(windows),
         "notice": NOT_A_DIAGNOSIS,
     }
     if not with_mood:
         summary.update({"probs": None, "dominant": None, "valence": None, "arousal": None,
-                        "valence_sd": None, "arousal_sd": None, "dominant_windows": {}})
+                        "valence_sd": None, "arousal_sd": None, "dominant_windows": {},
+                        "face_expressivity": None, "modality_probs": {}})
         return summary
     probs = np.mean([w.probs for w in with_mood], axis=0)
     va = np.array([w.valence_arousal for w in with_mood], dtype=np.float64)
-    dominant_counts = {lab: 0 for lab in LABELS}
+    dominant_counts = dict.fromkeys(LABELS, 0)
     for w in with_mood:
         dominant_counts[w.dominant] += 1  # type: ignore[index]
     expressivity = [w.modalities.get("face", {}).get("expressivity") for w in with_mood]
     expressivity = [e for e in expressivity if e is not None]
+    modality_probs = {}
+    for m in counts:
+        rows = [w.modalities[m]["probs"] for w in windows if m in w.modalities and w.modalities[m]["probs"]]
+        if rows:
+            mean = np.mean([[r[lab] for lab in LABELS] for r in rows], axis=0)
+            modality_probs[m] = probs_dict(mean / mean.sum())
     summary.update({
         "probs": probs_dict(probs),
         "dominant": LABELS[int(np.argmax(probs))],
@@ -194,5 +282,6 @@ def summarize(windows: list[Window], duration: float, counts: dict[str, dict[str
         "arousal_sd": _round(va[:, 1].std()),
         "dominant_windows": dominant_counts,
         "face_expressivity": _round(float(np.mean(expressivity)) if expressivity else None),
+        "modality_probs": modality_probs,
     })
     return summary

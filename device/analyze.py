@@ -1,9 +1,12 @@
-"""Offline analysis of a recorded video: the daemon's own pipeline objects, run as fast as the CPU allows.
+"""Offline analysis of a recording: the daemon's own pipeline objects, run as fast as the CPU allows.
 
-`analyze_video` reads frames at media time (`VideoFileSource`), passes each through the same
-`FaceAnalyzer` and `WindowAggregator` the live daemon uses, and writes into the output folder:
-- `timeline.jsonl`: one observation per analysed frame (time, face box, probabilities, quality);
-- `windows.jsonl` and `windows.csv`: per-window aggregates;
+Inputs: a video (its audio track, when it has one, is analysed too), a video plus a separate
+audio file, or an audio file alone. Frames (`VideoFileSource`) and audio blocks
+(`AudioFileSource`) are merged in media-time order and passed to the same `FaceAnalyzer`,
+`SpeechAnalyzer` and `WindowAggregator` the live daemon uses. Into the output folder go:
+- `timeline.jsonl`: one observation per analysed frame and per utterance (time, face box or
+  utterance span, probabilities, quality, prosody);
+- `windows.jsonl` and `windows.csv`: per-window aggregates with the fused mood;
 - `summary.json`: the session summary with source, model and configuration metadata;
 - `report.html`: a self-contained report that opens without network access.
 Every file is written atomically; a failed run leaves earlier outputs untouched.
@@ -12,10 +15,11 @@ Every file is written atomically; a failed run leaves earlier outputs untouched.
 from __future__ import annotations
 
 import csv
+import heapq
 import io
 import json
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -23,15 +27,20 @@ from typing import Any
 from device import __version__
 from device.aggregate import Window, WindowAggregator, summarize
 from device.atomic import atomic_writer, write_text_atomic
+from device.capture.audio_file import AudioFileSource
+from device.capture.probe import probe_media
 from device.capture.video_file import VideoFileSource
 from device.config import Config
 from device.errors import MediaError
 from device.inference.face import FaceAnalyzer
-from device.inference.runtime import sha256_file
+from device.inference.runtime import LoadedModel, sha256_file
+from device.inference.speech import SpeechAnalyzer
 from device.labels import LABELS
+from device.observation import AudioBlock, Frame, Observation
 from device.report import render_report
 
-NO_FACE_WARNING = "no face was found in any analysed frame: the report holds no mood estimate"
+NO_FACE_WARNING = "no face was found in any analysed frame: the report holds no facial expression estimate"
+NO_SPEECH_WARNING = "no speech was found in the audio: the report holds no voice estimate"
 
 
 @dataclass
@@ -40,105 +49,181 @@ class AnalysisResult:
     summary: dict[str, Any]
     windows: list[Window]
     frames: int
+    utterances: int
     warnings: list[str] = field(default_factory=list)
 
 
-def default_out_dir(video: Path) -> Path:
-    return Path.cwd() / f"{video.stem}.affectbox"
+def default_out_dir(media: Path) -> Path:
+    return Path.cwd() / f"{media.stem}.affectbox"
 
 
 def windows_csv(windows: list[Window]) -> str:
     """Windows as CSV for a spreadsheet: one row per window, one column per label probability."""
+    prosody_keys = ("speech_share", "f0_mean_hz", "f0_sd_st", "energy_sd_db", "speaking_rate", "pause_ratio",
+                    "mean_pause_s")
     buffer = io.StringIO()
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["index", "start_s", "end_s", "has_mood", "dominant", "valence", "arousal",
-                     "face_share", "face_expressivity", *[f"p_{lab}" for lab in LABELS]])
+                     "face_share", "speech_share", "face_weight", "speech_weight", "face_expressivity",
+                     *[f"p_{lab}" for lab in LABELS], *[f"prosody_{k}" for k in prosody_keys[1:]]])
+
+    def cell(value: Any) -> Any:
+        return "" if value is None else value
+
     for window in windows:
         row = window.to_json()
         face = row["modalities"].get("face", {})
+        speech = row["modalities"].get("speech", {})
         probs = row["probs"] or {}
+        prosody = row["prosody"] or {}
         writer.writerow([
-            row["index"], row["start"], row["end"], int(row["has_mood"]), row["dominant"] or "",
-            "" if row["valence"] is None else row["valence"], "" if row["arousal"] is None else row["arousal"],
-            face.get("share", ""), "" if face.get("expressivity") is None else face["expressivity"],
-            *[probs.get(lab, "") for lab in LABELS],
+            row["index"], row["start"], row["end"], int(row["has_mood"]), cell(row["dominant"]),
+            cell(row["valence"]), cell(row["arousal"]), cell(face.get("share")), cell(speech.get("share")),
+            cell(row["fusion_weights"].get("face")), cell(row["fusion_weights"].get("speech")),
+            cell(face.get("expressivity")), *[cell(probs.get(lab)) for lab in LABELS],
+            *[cell(prosody.get(k)) for k in prosody_keys[1:]],
         ])
     return buffer.getvalue()
 
 
-def model_metadata(analyzer: FaceAnalyzer) -> list[dict[str, Any]]:
-    models = []
-    for loaded in (analyzer.detector.model, analyzer.classifier.model):
-        models.append({
-            "name": loaded.spec.name,
-            "version": loaded.spec.extra.get("version"),
-            "sha256": sha256_file(loaded.path),
-            "runtime": loaded.runtime,
-        })
-    return models
+def model_metadata(models: list[LoadedModel]) -> list[dict[str, Any]]:
+    return [{
+        "name": m.spec.name,
+        "version": m.spec.extra.get("version"),
+        "sha256": sha256_file(m.path),
+        "runtime": m.runtime,
+    } for m in models]
 
 
-def analyze_video(
-    video: str | Path,
+def _timed(items: Iterator[Frame] | Iterator[AudioBlock], kind: int) -> Iterator[tuple[float, int, Any]]:
+    for item in items:
+        yield item.t, kind, item
+
+
+def analyze_media(
+    media: str | Path,
     config: Config,
     out_dir: str | Path | None = None,
-    progress: Callable[[int, int], None] | None = None,
-    analyzer: FaceAnalyzer | None = None,
+    audio: str | Path | None = None,
+    progress: Callable[[float, float], None] | None = None,
+    face_analyzer: FaceAnalyzer | None = None,
+    speech_analyzer: SpeechAnalyzer | None = None,
 ) -> AnalysisResult:
-    """Analyse one video file; `progress(done, expected)` is called after each analysed frame."""
-    video = Path(video)
-    source = VideoFileSource(video, config.face.analysis_fps)
-    out = Path(out_dir) if out_dir is not None else default_out_dir(video)
+    """Analyse one recording; `progress(media_seconds_done, media_seconds_total)` is called as it goes."""
+    media = Path(media)
+    info = probe_media(media)
+    audio_info = probe_media(audio) if audio is not None else None
+    if audio_info is not None and not audio_info.has_audio:
+        raise MediaError(f"{audio_info.path}: has no audio track")
+    if not info.has_video and not info.has_audio:
+        raise MediaError(f"{media}: holds neither a video nor an audio stream")
+    out = Path(out_dir) if out_dir is not None else default_out_dir(media)
     if out.exists() and not out.is_dir():
         raise MediaError(f"{out}: output path exists and is not a folder")
-    analyzer = analyzer or FaceAnalyzer.from_config(config)
-    aggregator = WindowAggregator(config.aggregation)
+
+    video = VideoFileSource(media, config.face.analysis_fps) if info.has_video else None
+    audio_path = audio_info.path if audio_info else (media if info.has_audio else None)
+    sound = AudioFileSource(audio_path, config.speech.block_ms) if audio_path is not None else None
+    if video is not None:
+        face_analyzer = face_analyzer or FaceAnalyzer.from_config(config)
+    if sound is not None:
+        speech_analyzer = speech_analyzer or SpeechAnalyzer.from_config(config)
+    aggregator = WindowAggregator(
+        config.aggregation, config.fusion, lateness=speech_analyzer.lateness if sound is not None else 0.0,
+        min_pause_s=config.speech.min_pause_ms / 1000,
+    )
+    counts: dict[str, dict[str, Any]] = {}
+    if video is not None:
+        counts["face"] = {"items": 0, "present": 0}
+    if sound is not None:
+        counts["speech"] = {"items": 0, "present": 0, "seconds": 0.0}
+    total = max(info.duration, audio_info.duration if audio_info else 0.0)
     windows: list[Window] = []
-    counts = {"face": {"items": 0, "present": 0}}
-    expected = source.expected_samples()
-    cpu_start = time.process_time()
     frames = 0
     last_t = 0.0
+    cpu = {"face": 0.0, "speech": 0.0}
     out.mkdir(parents=True, exist_ok=True)
-    with atomic_writer(out / "timeline.jsonl") as timeline:
-        for frame in source:
-            observation = analyzer.process(frame)
-            frames += 1
-            last_t = frame.t
-            counts["face"]["items"] += 1
-            counts["face"]["present"] += int(observation.present)
+
+    def account(observations: list[Observation], timeline: io.TextIOBase) -> None:
+        for observation in observations:
+            entry = counts[observation.modality]
+            entry["items"] += 1
+            entry["present"] += int(observation.present)
+            if "seconds" in entry:
+                entry["seconds"] += observation.features.get("duration", 0.0)
             timeline.write(json.dumps(observation.to_json(), separators=(",", ":")) + "\n")
             windows.extend(aggregator.add(observation))
+
+    streams = []
+    if video is not None:
+        streams.append(_timed(iter(video), 0))
+    if sound is not None:
+        streams.append(_timed(iter(sound), 1))
+    with atomic_writer(out / "timeline.jsonl") as timeline:
+        for t, kind, item in heapq.merge(*streams, key=lambda entry: (entry[0], entry[1])):
+            start = time.process_time()
+            if kind == 0:
+                observations = [face_analyzer.process(item)]  # type: ignore[union-attr]
+                frames += 1
+                cpu["face"] += time.process_time() - start
+            else:
+                observations = speech_analyzer.process(item)  # type: ignore[union-attr]
+                cpu["speech"] += time.process_time() - start
+            last_t = max(last_t, t)
+            account(observations, timeline)
             if progress is not None:
-                progress(frames, expected)
-    cpu_seconds = time.process_time() - cpu_start
-    frame_step = 1.0 / (source.fps or config.face.analysis_fps)
-    duration = max(source.duration, last_t + frame_step)
+                progress(t, total)
+        if speech_analyzer is not None and sound is not None:
+            start = time.process_time()
+            tail = speech_analyzer.flush()
+            cpu["speech"] += time.process_time() - start
+            account(tail, timeline)
+    if video is not None and frames == 0:
+        raise MediaError(f"{media}: the video holds no decodable frames")
+    frame_step = 1.0 / ((video.fps if video else 0) or config.face.analysis_fps)
+    audio_seconds = sound.duration if sound is not None else 0.0
+    duration = max(video.duration if video else 0.0, last_t + (frame_step if video else 0.0), audio_seconds)
     windows.extend(aggregator.flush(end=duration))
 
-    warnings = [] if counts["face"]["present"] else [NO_FACE_WARNING]
-    if source.decode_error:
-        warnings.append(f"the file is damaged: {source.decode_error}; analysed what came before")
+    warnings = []
+    if "face" in counts and not counts["face"]["present"]:
+        warnings.append(NO_FACE_WARNING)
+    if "speech" in counts and not counts["speech"]["present"]:
+        warnings.append(NO_SPEECH_WARNING)
+    if video is not None and video.decode_error:
+        warnings.append(f"the video is damaged: {video.decode_error}; analysed what came before")
+    if aggregator.late_dropped:
+        warnings.append(f"{aggregator.late_dropped} observations arrived after their window had closed")
+
+    models = []
+    if face_analyzer is not None and video is not None:
+        models += [face_analyzer.detector.model, face_analyzer.classifier.model]
+    if speech_analyzer is not None and sound is not None:
+        models.append(speech_analyzer.classifier.model)
     summary = summarize(windows, duration, counts)
     summary.update({
         "software_version": __version__,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "source": {
-            "file": video.name,
+            "file": media.name,
+            "audio_file": audio_info.path.name if audio_info else None,
             "duration_s": round(duration, 3),
-            "fps": round(source.fps, 3),
-            "width": source.width,
-            "height": source.height,
-            "frames_read": source.frames_read,
+            "fps": round(video.fps, 3) if video else None,
+            "width": video.width if video else None,
+            "height": video.height if video else None,
+            "frames_read": video.frames_read if video else 0,
+            "audio_seconds": round(audio_seconds, 3),
         },
         "analysis": {
             "frames_analysed": frames,
-            "detector_runs": analyzer.detector_runs,
-            "cpu_seconds": round(cpu_seconds, 3),
-            "cpu_ms_per_frame": round(1000 * cpu_seconds / max(frames, 1), 3),
+            "detector_runs": face_analyzer.detector_runs if face_analyzer is not None and video else 0,
+            "utterances": counts.get("speech", {}).get("items", 0),
+            "face_cpu_ms_per_frame": round(1000 * cpu["face"] / frames, 3) if frames else None,
+            "speech_real_time_factor": round(cpu["speech"] / audio_seconds, 5) if audio_seconds else None,
         },
-        "models": model_metadata(analyzer),
-        "config": {"face": asdict(config.face), "aggregation": asdict(config.aggregation)},
+        "models": model_metadata(models),
+        "config": {"face": asdict(config.face), "speech": asdict(config.speech),
+                   "aggregation": asdict(config.aggregation), "fusion": asdict(config.fusion)},
         "warnings": warnings,
     })
     window_rows = [w.to_json() for w in windows]
@@ -147,7 +232,8 @@ def analyze_video(
             handle.write(json.dumps(row, separators=(",", ":")) + "\n")
     write_text_atomic(out / "windows.csv", windows_csv(windows))
     write_text_atomic(out / "summary.json", json.dumps(summary, indent=2) + "\n")
-    timeline_rows = [json.loads(line) for line in (out / "timeline.jsonl").read_text().splitlines()]
+    with (out / "timeline.jsonl").open(encoding="utf-8") as handle:
+        timeline_rows = [json.loads(line) for line in handle]
     write_text_atomic(out / "report.html", render_report(summary, window_rows, timeline_rows,
-                                                         title=f"affectbox report: {video.name}"))
-    return AnalysisResult(out, summary, windows, frames, warnings)
+                                                         title=f"affectbox report: {media.name}"))
+    return AnalysisResult(out, summary, windows, frames, counts.get("speech", {}).get("items", 0), warnings)

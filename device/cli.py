@@ -19,45 +19,50 @@ from device.errors import AffectboxError
 NOTICE = "affectbox supports clinical judgment; it does not diagnose."
 
 
-def _progress_bar(description: str, quiet: bool) -> tuple[Callable[[int, int], None] | None, Callable[[], None]]:
+def _progress_bar(description: str, quiet: bool, unit: str = "frame"
+                  ) -> tuple[Callable[[float, float], None] | None, Callable[[], None]]:
     """A tqdm progress callback on stderr (shown on terminals only), and its closer."""
     if quiet:
         return None, lambda: None
     from tqdm import tqdm
 
-    bar = tqdm(desc=description, unit="frame", file=sys.stderr, disable=None, dynamic_ncols=True)
+    bar = tqdm(desc=description, unit=unit, file=sys.stderr, disable=None, dynamic_ncols=True)
 
-    def update(done: int, expected: int) -> None:
+    def update(done: float, expected: float) -> None:
         if expected and bar.total != expected:
-            bar.total = max(expected, done)
-        bar.n = done
-        bar.refresh() if done % 25 == 0 else None
+            bar.total = round(max(expected, done), 1)
+        if done - bar.n >= 1 or (expected and done >= expected):
+            bar.n = round(done, 1)
+            bar.refresh()
 
     return update, bar.close
 
 
 def cmd_analyze(args: argparse.Namespace) -> int:
-    from device.analyze import analyze_video
+    from device.analyze import analyze_media
 
     config = load_config(args.config)
-    if len(args.videos) > 1 and args.out is not None:
-        raise AffectboxError("--out names one folder: analyse one video at a time with --out, or leave it out")
-    for video in args.videos:
-        update, close = _progress_bar(Path(video).name, args.quiet)
+    if len(args.media) > 1 and (args.out is not None or args.audio is not None):
+        raise AffectboxError("--out and --audio apply to one recording: analyse one file at a time with them")
+    for media in args.media:
+        update, close = _progress_bar(Path(media).name, args.quiet, unit="s")
         try:
-            result = analyze_video(video, config, args.out, progress=update)
+            result = analyze_media(media, config, args.out, audio=args.audio, progress=update)
         finally:
             close()
         for warning in result.warnings:
-            print(f"affectbox: warning: {video}: {warning}", file=sys.stderr)
+            print(f"affectbox: warning: {media}: {warning}", file=sys.stderr)
         summary = result.summary
-        face = summary["coverage"]["face"]
         if args.json:
             print(json.dumps({"out_dir": str(result.out_dir), **summary}))
         else:
-            print(f"{video}: {result.frames} frames analysed, face in {face['share']:.0%}, "
-                  f"{summary['windows_with_mood']}/{summary['windows']} windows with a mood, "
-                  f"dominant {summary['dominant'] or '-'}")
+            seen = []
+            if "face" in summary["coverage"]:
+                seen.append(f"{result.frames} frames, face in {summary['coverage']['face']['share']:.0%}")
+            if "speech" in summary["coverage"]:
+                seen.append(f"{result.utterances} utterances, speech in {summary['coverage']['speech']['share']:.0%}")
+            print(f"{media}: {'; '.join(seen)}; {summary['windows_with_mood']}/{summary['windows']} windows "
+                  f"with a mood, dominant {summary['dominant'] or '-'}")
             print(f"  report: {result.out_dir / 'report.html'}")
     if not args.json:
         print(NOTICE)
@@ -116,9 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--version", action="version", version=f"affectbox {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
-    analyze = sub.add_parser("analyze", help="analyse recorded video files offline")
-    analyze.add_argument("videos", nargs="+", metavar="VIDEO")
-    analyze.add_argument("--out", help="output folder (default: ./<video name>.affectbox)")
+    analyze = sub.add_parser("analyze", help="analyse recordings offline (video, video + audio, or audio)")
+    analyze.add_argument("media", nargs="+", metavar="FILE", help="video (with or without audio track) or audio file")
+    analyze.add_argument("--audio", help="a separate audio recording of the same session, starting with the video")
+    analyze.add_argument("--out", help="output folder (default: ./<file name>.affectbox)")
     analyze.add_argument("--config", help="TOML config file (default: built-in defaults)")
     analyze.add_argument("--json", action="store_true", help="print the summary as one JSON object per video")
     analyze.add_argument("--quiet", action="store_true", help="no progress bar")

@@ -113,6 +113,25 @@ class SpeechConfig:
 
 
 @dataclass(frozen=True)
+class FusionConfig:
+    """How face and speech estimates of one window combine (device/fusion.py; defaults in docs/DESIGN.md)."""
+
+    method: str = _opt("log_linear", "pooling rule for the modalities' distributions",
+                       choices=("log_linear", "linear"))
+    face_weight: float = _opt(1.0, "prior weight of the face modality", min=0.0, max=10.0)
+    speech_weight: float = _opt(1.0, "prior weight of the speech modality", min=0.0, max=10.0)
+    face_full_coverage: float = _opt(
+        0.5, "share of a window's frames with a face at which the face counts fully", min=0.01, max=1.0
+    )
+    speech_full_coverage: float = _opt(
+        0.3, "share of a window's time with speech at which speech counts fully", min=0.01, max=1.0
+    )
+    speech_min_coverage: float = _opt(
+        0.05, "a window needs at least this share of speech time for speech to count", min=0.0, max=1.0
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; one attribute per TOML table."""
 
@@ -120,6 +139,7 @@ class Config:
     face: FaceConfig = field(default_factory=FaceConfig)
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     speech: SpeechConfig = field(default_factory=SpeechConfig)
+    fusion: FusionConfig = field(default_factory=FusionConfig)
 
 
 def _type_name(tp: Any) -> str:

@@ -25,6 +25,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from device.config import FusionConfig
 from device.labels import NUM_LABELS
 
 EPS = 1e-6
@@ -37,28 +38,6 @@ class ModalityEstimate:
     quality: float
 
 
-@dataclass(frozen=True)
-class FusionWeights:
-    """Per-modality priors and the coverage at which a modality counts fully."""
-
-    method: str = "log_linear"
-    face_weight: float = 1.0
-    speech_weight: float = 1.0
-    face_full_coverage: float = 0.5
-    speech_full_coverage: float = 0.3
-    face_min_coverage: float = 0.2
-    speech_min_coverage: float = 0.05
-
-    def prior(self, modality: str) -> float:
-        return {"face": self.face_weight, "speech": self.speech_weight}.get(modality, 1.0)
-
-    def full_coverage(self, modality: str) -> float:
-        return {"face": self.face_full_coverage, "speech": self.speech_full_coverage}.get(modality, 1.0)
-
-    def min_coverage(self, modality: str) -> float:
-        return {"face": self.face_min_coverage, "speech": self.speech_min_coverage}.get(modality, 0.0)
-
-
 def confidence(probs: np.ndarray) -> float:
     """1 - normalised entropy: 0 for a flat distribution, 1 for a certain one."""
     p = np.clip(np.asarray(probs, dtype=np.float64), EPS, 1.0)
@@ -66,21 +45,32 @@ def confidence(probs: np.ndarray) -> float:
     return float(1.0 - (-(p * np.log(p)).sum()) / math.log(NUM_LABELS))
 
 
-def modality_weight(modality: str, estimate: ModalityEstimate, weights: FusionWeights) -> float:
-    if estimate.coverage < weights.min_coverage(modality):
+def modality_weight(modality: str, estimate: ModalityEstimate, config: FusionConfig, min_face_share: float
+                    ) -> float:
+    """prior x quality x coverage (saturating at full coverage); 0 below the minimum coverage."""
+    if modality == "face":
+        prior, full, minimum = config.face_weight, config.face_full_coverage, min_face_share
+    elif modality == "speech":
+        prior, full, minimum = config.speech_weight, config.speech_full_coverage, config.speech_min_coverage
+    else:
+        prior, full, minimum = 1.0, 1.0, 0.0
+    if estimate.coverage <= 0 or estimate.coverage < minimum:
         return 0.0
-    coverage = min(1.0, estimate.coverage / max(weights.full_coverage(modality), EPS))
-    return max(0.0, weights.prior(modality) * max(estimate.quality, EPS) * coverage)
+    coverage = min(1.0, estimate.coverage / full)
+    return max(0.0, prior * max(estimate.quality, EPS) * coverage)
 
 
-def fuse(estimates: dict[str, ModalityEstimate], weights: FusionWeights
+def fuse(estimates: dict[str, ModalityEstimate], config: FusionConfig, min_face_share: float = 0.0
          ) -> tuple[np.ndarray | None, dict[str, float]]:
     """Fused distribution (None when no modality qualifies) and the normalised weight of each modality."""
-    raw = {m: modality_weight(m, e, weights) for m, e in estimates.items()}
+    raw = {m: modality_weight(m, e, config, min_face_share) for m, e in estimates.items()}
     used = {m: w for m, w in raw.items() if w > 0}
     if not used:
-        return None, {m: 0.0 for m in estimates}
-    if weights.method == "linear":
+        return None, dict.fromkeys(estimates, 0.0)
+    if len(used) == 1:  # one modality: its own (calibrated) distribution, untouched
+        (only,) = used
+        return np.asarray(estimates[only].probs, dtype=np.float64), {m: float(m == only) for m in estimates}
+    if config.method == "linear":
         effective = {m: w * max(confidence(estimates[m].probs), EPS) for m, w in used.items()}
         total = sum(effective.values())
         fused = sum(effective[m] * np.asarray(estimates[m].probs, dtype=np.float64) for m in used) / total

@@ -81,3 +81,56 @@ def test_summary_without_any_face():
     windows = feed(obs)
     summary = summarize(windows, 5.0, {"face": {"items": 5, "present": 0}})
     assert summary["dominant"] is None and summary["windows_with_mood"] == 0
+
+
+def speech_obs(start: float, end: float, label: str, quality: float = 1.0) -> Observation:
+    prosody = {"speech_start": start, "speech_end": end, "span_s": end - start, "phonation_s": end - start,
+               "pause_s": 0.0, "pause_count": 0, "nuclei": int(4 * (end - start)), "voiced_s": end - start,
+               "f0_mean_hz": 120.0, "f0_sd_hz": 10.0, "f0_mean_st": 3.2, "f0_sd_st": 1.0,
+               "energy_mean_db": -30.0, "energy_sd_db": 4.0}
+    features = {"start": start, "end": end, "duration": end - start, "prosody": prosody}
+    return Observation((start + end) / 2, "speech", onehot(label), quality, features)
+
+
+def test_late_speech_lands_in_its_window_with_lateness():
+    config = AggregationConfig(window_seconds=10.0, min_face_share=0.2)
+    agg = WindowAggregator(config, lateness=9.0)
+    closed = []
+    for t in range(0, 190):  # face frames 0..18.9 s
+        closed += agg.add(Observation(t / 10, "face", onehot("neutral"), 1.0))
+    # an utterance from 6 to 9 s reported at 18.9 s: its window (0-10 s) is still open
+    assert closed == []
+    closed += agg.add(speech_obs(6.0, 9.0, "sad"))
+    closed += agg.flush(20.0)
+    first = closed[0]
+    assert set(first.modalities) == {"face", "speech"}
+    assert first.modalities["speech"]["share"] == pytest.approx(0.3)
+    assert first.prosody["n_utterances"] == 1 and first.prosody["speech_s"] == pytest.approx(3.0)
+    assert first.weights["speech"] > 0 and first.weights["face"] > 0
+    assert agg.late_dropped == 0
+    assert closed[1].prosody is None
+
+
+def test_observation_for_a_closed_window_is_counted_not_misplaced():
+    agg = WindowAggregator(AggregationConfig(window_seconds=10.0), lateness=0.0)
+    agg.add(Observation(1.0, "face", onehot("happy"), 1.0))
+    (closed,) = agg.add(Observation(12.0, "face", onehot("happy"), 1.0))
+    assert closed.index == 0
+    assert agg.add(speech_obs(2.0, 4.0, "sad")) == []
+    assert agg.late_dropped == 1
+    (last,) = agg.flush(20.0)
+    assert "speech" not in last.modalities
+
+
+def test_speech_only_session_summary():
+    agg = WindowAggregator(AggregationConfig(window_seconds=10.0), lateness=9.0)
+    windows = []
+    for start in (1.0, 4.0, 12.0):
+        windows += agg.add(speech_obs(start, start + 2.0, "angry"))
+    windows += agg.flush(20.0)
+    summary = summarize(windows, 20.0, {"speech": {"items": 3, "present": 3, "seconds": 6.0}})
+    assert summary["dominant"] == "angry" and summary["windows_with_mood"] == 2
+    assert summary["coverage"]["speech"]["share"] == pytest.approx(0.3)
+    assert summary["prosody"]["speech_s"] == pytest.approx(6.0)
+    assert summary["prosody"]["f0_mean_hz"] == pytest.approx(120.0)
+    assert summary["modality_probs"]["speech"]["angry"] == pytest.approx(1.0)

@@ -70,22 +70,37 @@ def cmd_analyze(args: argparse.Namespace) -> int:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    from device.evaluate import evaluate_faces
     from device.metrics import format_report
 
     config = load_config(args.config)
-    update, close = _progress_bar("eval", args.quiet or args.json)
+    update, close = _progress_bar("eval", args.quiet or args.json, unit="file")
     try:
-        report = evaluate_faces(Path(args.folder), config, progress=update)
+        if args.modality == "face":
+            from device.evaluate import evaluate_faces
+
+            report = evaluate_faces(Path(args.folder), config, progress=update)
+        else:
+            from device.evaluate_speech import evaluate_speech
+
+            report = evaluate_speech(Path(args.folder), config, progress=update)
     finally:
         close()
     if args.json:
         print(json.dumps(report))
-    else:
+        return 0
+    if args.modality == "face":
         print(f"{report['folder']}: model {report['model']} ({report['model_sha256'][:12]}), "
               f"flip average {'on' if report['flip_average'] else 'off'}, "
               f"{report['cpu_ms_per_face']:.3f} CPU ms per face")
-        print(format_report(report))
+    else:
+        print(f"{report['folder']}: model {report['model']} ({report['model_sha256'][:12]}), "
+              f"{report['audio_seconds']:.0f} s of audio, {report['cpu_ms_per_audio_second']:.3f} CPU ms "
+              f"per second of audio")
+        for corpus, figures in report["per_corpus"].items():
+            print(f"  {corpus}: n = {figures['n']}, accuracy = {figures['accuracy']:.4f}, "
+                  f"macro recall = {figures['macro_recall']:.4f}")
+        print(f"  {report['note']}")
+    print(format_report(report))
     return 0
 
 
@@ -138,6 +153,14 @@ def build_parser() -> argparse.ArgumentParser:
     face.add_argument("--json", action="store_true", help="print one JSON object")
     face.add_argument("--quiet", action="store_true", help="no progress bar")
     face.set_defaults(func=cmd_eval)
+    speech = evaluate_sub.add_parser(
+        "speech", help="speech emotion on audio files named as in RAVDESS, TESS, EMO-DB or CREMA-D"
+    )
+    speech.add_argument("folder", metavar="DIR")
+    speech.add_argument("--config", help="TOML config file")
+    speech.add_argument("--json", action="store_true", help="print one JSON object")
+    speech.add_argument("--quiet", action="store_true", help="no progress bar")
+    speech.set_defaults(func=cmd_eval)
 
     validate = sub.add_parser("validate-config", help="check a config file and exit")
     validate.add_argument("config", nargs="?", default="/etc/affectbox/config.toml")

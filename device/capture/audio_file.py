@@ -18,6 +18,7 @@ from pathlib import Path
 import av
 import numpy as np
 
+from device.capture.probe import check_media_path
 from device.errors import MediaError
 from device.observation import SAMPLE_RATE, AudioBlock
 
@@ -31,15 +32,6 @@ def _reason(exc: Exception) -> str:
     """The error's text on one line, without the file name PyAV appends."""
     text = getattr(exc, "strerror", None) or str(exc) or type(exc).__name__
     return " ".join(str(text).split())
-
-
-def _check_path(path: Path) -> None:
-    if not path.exists():
-        raise MediaError(f"{path}: no such file")
-    if not path.is_file():
-        raise MediaError(f"{path}: not a file")
-    if path.stat().st_size == 0:
-        raise MediaError(f"{path}: empty file (0 bytes)")
 
 
 def _open(path: Path) -> av.container.InputContainer:
@@ -92,7 +84,7 @@ def _wav_truncation(path: Path) -> str | None:
 def has_audio_track(path: str | Path) -> bool:
     """Whether a media file holds an audio stream; MediaError when it is missing or not media."""
     path = Path(path)
-    _check_path(path)
+    check_media_path(path)
     with _open(path) as container:
         return len(container.streams.audio) > 0
 
@@ -112,7 +104,7 @@ class AudioFileSource:
             raise ValueError(f"block_ms must be between 1 and 1000 (got {block_ms})")
         self.block_ms = block_ms
         self.block_samples = SAMPLE_RATE * block_ms // 1000
-        _check_path(self.path)
+        check_media_path(self.path)
         truncated = _wav_truncation(self.path)
         if truncated:
             raise MediaError(f"{self.path}: truncated WAV file ({truncated})")

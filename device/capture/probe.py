@@ -18,14 +18,19 @@ class MediaInfo:
     duration: float  # seconds, 0 when the container does not say
 
 
-def probe_media(path: str | Path) -> MediaInfo:
-    path = Path(path)
+def check_media_path(path: Path) -> None:
+    """One-line MediaError unless `path` is an existing, non-empty regular file."""
     if not path.exists():
         raise MediaError(f"{path}: no such file")
     if not path.is_file():
         raise MediaError(f"{path}: not a file")
     if path.stat().st_size == 0:
         raise MediaError(f"{path}: empty file (0 bytes)")
+
+
+def probe_media(path: str | Path) -> MediaInfo:
+    path = Path(path)
+    check_media_path(path)
     try:
         with av.open(str(path)) as container:
             duration = container.duration / av.time_base if container.duration else 0.0

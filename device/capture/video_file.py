@@ -16,6 +16,7 @@ from pathlib import Path
 
 import av
 
+from device.capture.probe import check_media_path
 from device.errors import MediaError
 from device.observation import Frame
 
@@ -23,10 +24,7 @@ from device.observation import Frame
 class VideoFileSource:
     def __init__(self, path: str | Path, analysis_fps: float) -> None:
         self.path = Path(path)
-        if not self.path.exists():
-            raise MediaError(f"{self.path}: no such file")
-        if not self.path.is_file():
-            raise MediaError(f"{self.path}: not a file")
+        check_media_path(self.path)
         try:
             self.container = av.open(str(self.path))
         except (av.FFmpegError, UnicodeDecodeError, ValueError) as exc:

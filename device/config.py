@@ -132,6 +132,23 @@ class FusionConfig:
 
 
 @dataclass(frozen=True)
+class StoreConfig:
+    """The local record of sessions, windows and summaries (device/store.py)."""
+
+    path: str = _opt(
+        "/var/lib/affectbox/affectbox.db",
+        "SQLite file of the local record; its folder is created 0700 and the file 0600 (patient data)",
+    )
+    retention_days: int = _opt(
+        365, "sessions that ended more than this many days ago are deleted with their windows", min=1, max=3650
+    )
+    baseline_min_sessions: int = _opt(
+        3, "earlier ended sessions of a patient needed before deviation from their baseline is reported",
+        min=2, max=100,
+    )
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; one attribute per TOML table."""
 
@@ -140,6 +157,7 @@ class Config:
     aggregation: AggregationConfig = field(default_factory=AggregationConfig)
     speech: SpeechConfig = field(default_factory=SpeechConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
 
 
 def _type_name(tp: Any) -> str:
@@ -222,6 +240,8 @@ def _validate_relations(config: Config, errors: list[str]) -> None:
                       f"({speech.max_utterance_ms}) (got {speech.min_utterance_ms})")
     if speech.pre_roll_ms + speech.post_roll_ms >= speech.max_utterance_ms:
         errors.append("speech.pre_roll_ms: pre_roll_ms + post_roll_ms must be less than max_utterance_ms")
+    if not config.store.path.strip():
+        errors.append("store.path: must not be empty")
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:

@@ -9,6 +9,9 @@ Defaults are chosen so that `affectbox analyze` works with no config file at all
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
+import json
+import re
 import tomllib
 import types
 import typing
@@ -148,6 +151,51 @@ class StoreConfig:
     )
 
 
+HUB_COMMANDS = ("start_session", "stop_session", "ping", "get_status")
+HUB_DEFAULT_PORTS = {"off": 1883, "on": 8883}
+_CREDENTIAL_NAME_RE = re.compile(r"[A-Za-z0-9._@-]{1,128}")
+
+
+@dataclass(frozen=True)
+class HubConfig:
+    """The MQTT link to the clinic hub (device/hub, docs/MQTT.md); secrets come from credential files."""
+
+    enabled: bool = _opt(False, "publish aggregated mood events to the clinic hub over MQTT")
+    host: str = _opt("", "the broker's host name or IP address (required when enabled)")
+    port: int = _opt(0, "the broker's TCP port; 0 = the usual one (1883 without TLS, 8883 with TLS)",
+                     min=0, max=65535)
+    protocol: str = _opt("mqtt5", "MQTT protocol version", choices=("mqtt5", "mqtt311"))
+    tls: str = _opt("on", "encrypt the connection and verify the broker's certificate", choices=("off", "on"))
+    ca_file: str = _opt("", "absolute path of the CA certificate(s) that sign the broker's certificate; "
+                            "empty = the system's CAs")
+    cert_file: str = _opt("", "absolute path of this device's client certificate (with key_file); empty = none")
+    key_file: str = _opt("", "name of the credential file (in $CREDENTIALS_DIRECTORY) holding the client "
+                             "certificate's private key")
+    username: str = _opt("", "MQTT user name; empty = none")
+    password_file: str = _opt("", "name of the credential file (in $CREDENTIALS_DIRECTORY) holding the MQTT "
+                                  "password; the password itself never goes in this file")
+    allow_plaintext: bool = _opt(False, "allow tls = \"off\" to a host that is not this machine "
+                                        "(only on a trusted, isolated network)")
+    topic_prefix: str = _opt("affectbox/{device_id}", "topic prefix; {device_id} is replaced by the device id")
+    keepalive: int = _opt(60, "seconds between MQTT keep-alive pings", min=5, max=3600)
+    reconnect_min_s: int = _opt(1, "first delay before reconnecting; doubled after every failure", min=1, max=300)
+    reconnect_max_s: int = _opt(120, "longest delay between reconnect attempts", min=1, max=3600)
+    commands_enabled: tuple[str, ...] = _opt(
+        HUB_COMMANDS, "commands the hub may send (others are answered with an error)", choices=HUB_COMMANDS
+    )
+    outbox_path: str = _opt(
+        "/var/lib/affectbox/hub-outbox.db", "SQLite file of events waiting for the broker's acknowledgement"
+    )
+    outbox_max_bytes: int = _opt(
+        33554432, "bound on queued events (payload + topic bytes); the oldest mood events are dropped first",
+        min=65536, max=1073741824,
+    )
+    outbox_max_age_hours: float = _opt(
+        168.0, "queued events older than this are dropped; 0 = no age bound", min=0.0, max=8760.0
+    )
+    max_inflight: int = _opt(10, "events handed to the broker and not yet acknowledged, at most", min=1, max=100)
+
+
 @dataclass(frozen=True)
 class Config:
     """The whole configuration; one attribute per TOML table."""
@@ -158,6 +206,7 @@ class Config:
     speech: SpeechConfig = field(default_factory=SpeechConfig)
     fusion: FusionConfig = field(default_factory=FusionConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
+    hub: HubConfig = field(default_factory=HubConfig)
 
 
 def _type_name(tp: Any) -> str:
@@ -170,6 +219,19 @@ def _check_value(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> tuple[A
     if origin in (typing.Union, types.UnionType):
         args = [a for a in typing.get_args(tp) if a is not type(None)]
         return _check_value(key, value, args[0], meta)
+    if origin is tuple and typing.get_args(tp)[-1:] == (Ellipsis,):
+        item_type = typing.get_args(tp)[0]
+        if not isinstance(value, list):
+            return None, f"{key}: must be a list (got {value!r})"
+        items = []
+        for i, v in enumerate(value):
+            item, err = _check_value(f"{key}[{i}]", v, item_type, meta)
+            if err:
+                return None, err
+            items.append(item)
+        if len(set(items)) != len(items):
+            return None, f"{key}: must not repeat an entry (got {value!r})"
+        return tuple(items), None
     if origin is tuple:
         item_types = typing.get_args(tp)
         if not isinstance(value, list) or len(value) != len(item_types):
@@ -242,6 +304,71 @@ def _validate_relations(config: Config, errors: list[str]) -> None:
         errors.append("speech.pre_roll_ms: pre_roll_ms + post_roll_ms must be less than max_utterance_ms")
     if not config.store.path.strip():
         errors.append("store.path: must not be empty")
+    errors.extend(hub_config_problems(config.hub))
+
+
+def is_loopback_host(host: str) -> bool:
+    """True for `localhost` and loopback addresses (127.0.0.0/8, ::1); names are not resolved."""
+    name = host.strip().lower().rstrip(".")
+    if name == "localhost" or name.endswith(".localhost"):
+        return True
+    try:
+        return ipaddress.ip_address(name.strip("[]")).is_loopback
+    except ValueError:
+        return False
+
+
+def hub_plaintext_problem(hub: HubConfig) -> str | None:
+    """The one-line refusal of unencrypted MQTT to another machine, or None when allowed."""
+    if hub.tls == "off" and hub.host and not is_loopback_host(hub.host) and not hub.allow_plaintext:
+        return (f"hub.tls: refusing unencrypted MQTT to {hub.host!r}, which is not this machine: set "
+                'hub.tls = "on" (or, on a trusted isolated network only, hub.allow_plaintext = true)')
+    return None
+
+
+def hub_config_problems(hub: HubConfig) -> list[str]:
+    """Relations between [hub] keys, one message per problem (also checked by device.hub.client)."""
+    problems: list[str] = []
+    if hub.enabled and not hub.host.strip():
+        problems.append("hub.host: must be set when hub.enabled = true")
+    if hub.host != hub.host.strip() or any(c in hub.host for c in "/ \t"):
+        problems.append(f"hub.host: must be a bare host name or IP address (got {hub.host!r})")
+    plaintext = hub_plaintext_problem(hub)
+    if plaintext:
+        problems.append(plaintext)
+    for key in ("ca_file", "cert_file"):
+        value = getattr(hub, key)
+        if value and not value.startswith("/"):
+            problems.append(f"hub.{key}: must be an absolute path (got {value!r})")
+    for key in ("key_file", "password_file"):
+        value = getattr(hub, key)
+        if value and (not _CREDENTIAL_NAME_RE.fullmatch(value) or value in (".", "..")):
+            problems.append(f"hub.{key}: must be the name of a file in the credentials directory, "
+                            f"without a folder (got {value!r})")
+    if bool(hub.cert_file) != bool(hub.key_file):
+        problems.append("hub.cert_file: cert_file and key_file go together (a client certificate needs its key)")
+    if hub.tls == "off":
+        for key in ("ca_file", "cert_file", "key_file"):
+            if getattr(hub, key):
+                problems.append(f'hub.{key}: only used with hub.tls = "on"')
+    if hub.password_file and not hub.username:
+        problems.append("hub.password_file: a password needs hub.username")
+    if hub.reconnect_min_s > hub.reconnect_max_s:
+        problems.append(f"hub.reconnect_min_s: must not exceed hub.reconnect_max_s ({hub.reconnect_max_s}) "
+                        f"(got {hub.reconnect_min_s})")
+    prefix = hub.topic_prefix
+    if "{device_id}" not in prefix:
+        problems.append(f"hub.topic_prefix: must contain {{device_id}} so that every device has its own "
+                        f"topics (got {prefix!r})")
+    else:
+        bare = prefix.replace("{device_id}", "x")
+        if (len(prefix) > 128 or any(c in bare for c in "+#{}\0") or bare.startswith(("/", "$"))
+                or bare.endswith("/") or "//" in bare):
+            problems.append("hub.topic_prefix: must be topic levels separated by '/', without wildcards, "
+                            f"braces other than {{device_id}}, empty levels or a leading '$' (got {prefix!r})")
+    if not hub.outbox_path.strip():
+        problems.append("hub.outbox_path: must not be empty")
+    return problems
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
@@ -298,7 +425,9 @@ def describe_defaults() -> str:
             elif isinstance(default, bool):
                 lines.append(f"{f.name} = {'true' if default else 'false'}")
             elif isinstance(default, str):
-                lines.append(f'{f.name} = "{default}"')
+                lines.append(f"{f.name} = {json.dumps(default)}")
+            elif isinstance(default, tuple):
+                lines.append(f"{f.name} = [{', '.join(json.dumps(v) for v in default)}]")
             else:
                 lines.append(f"{f.name} = {default!r}")
     return "\n".join(lines) + "\n"

@@ -17,3 +17,7 @@ class ModelError(AffectboxError):
 
 class MediaError(AffectboxError):
     """An input media file is missing, unreadable, or holds no usable frames."""
+
+
+class HubError(AffectboxError):
+    """The MQTT hub link cannot be set up or used: bad TLS or credential files, refused plaintext, outbox I/O."""

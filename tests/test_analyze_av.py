@@ -172,15 +172,15 @@ def test_silent_audio_is_a_warning(av_media, tmp_path):
 
 
 @pytest.mark.parametrize(
-    ("make", "fragment"),
-    [
-        (lambda d: d / "missing.wav", "no such file"),
-        (lambda d: (d / "empty.wav").write_bytes(b"") or d / "empty.wav", "empty file"),
-        (lambda d: (d / "text.wav").write_text("not audio at all " * 40) or d / "text.wav", "can be decoded"),
-    ],
+    ("name", "content", "fragment"),
+    [("missing.wav", None, "no such file"), ("empty.wav", b"", "empty file"),
+     ("text.wav", b"not audio at all " * 40, "can be decoded")],
 )
-def test_bad_separate_audio(av_media, tmp_path, make, fragment):
-    result = analyze(str(av_media["silent"]), "--audio", str(make(tmp_path)), "--out", str(tmp_path / "o"))
+def test_bad_separate_audio(av_media, tmp_path, name, content, fragment):
+    path = tmp_path / name
+    if content is not None:
+        path.write_bytes(content)
+    result = analyze(str(av_media["silent"]), "--audio", str(path), "--out", str(tmp_path / "o"))
     assert result.returncode == 2 and fragment in result.stderr
     assert result.stderr.strip().count("\n") == 0
 

@@ -44,15 +44,13 @@ class VideoFileSource:
         base = self.stream.time_base or Fraction(1, 1)
         self._time_base = float(base)
         self._start = float(self.stream.start_time * base) if self.stream.start_time is not None else 0.0
-
-    @property
-    def duration(self) -> float:
-        """Duration in seconds from the container, 0 when unknown."""
+        # from the container's header, read now: the container is closed after iteration
         if self.stream.duration is not None and self._time_base:
-            return float(self.stream.duration) * self._time_base
-        if self.container.duration is not None:
-            return self.container.duration / av.time_base
-        return self.frame_count / self.fps if self.fps and self.frame_count else 0.0
+            self.duration = float(self.stream.duration) * self._time_base
+        elif self.container.duration is not None:
+            self.duration = self.container.duration / av.time_base
+        else:
+            self.duration = self.frame_count / self.fps if self.fps and self.frame_count else 0.0
 
     def expected_samples(self) -> int:
         if not self.duration:

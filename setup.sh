@@ -24,7 +24,8 @@ readonly STAMP_INPUTS=(requirements/runtime.txt requirements/dev.txt pyproject.t
 readonly PYTHON_CANDIDATES=(python3.11 python3.13 python3.12 python3)
 
 # Debian packages a development machine or CI needs; later issues extend this list.
-DEV_APT_PACKAGES=(python3 python3-venv espeak-ng sox)
+# mosquitto, mosquitto-clients and openssl: the hub-link tests run a real broker with TLS (tests/test_hub.py)
+DEV_APT_PACKAGES=(python3 python3-venv espeak-ng sox mosquitto mosquitto-clients openssl)
 
 export PIP_DISABLE_PIP_VERSION_CHECK=1 PIP_NO_INPUT=1
 

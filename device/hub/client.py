@@ -307,6 +307,7 @@ class HubClient:
         self._events: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._epoch = 0  # connections so far; written on paho's thread only
         self._connected = threading.Event()
+        self._ready = threading.Event()  # connected and the cmd/+ subscription acknowledged
         self._stopping = threading.Event()
         self._pending_commands = 0
         self._pending_lock = threading.Lock()
@@ -383,6 +384,7 @@ class HubClient:
         client.on_disconnect = self._on_disconnect
         client.on_publish = self._on_publish
         client.on_message = self._on_message
+        client.on_subscribe = self._on_subscribe
         return client
 
     # ---- life cycle ------------------------------------------------------------------------
@@ -405,6 +407,7 @@ class HubClient:
         if client is None:
             return
         self._stopping.set()
+        self._ready.clear()
         deadline = time.monotonic() + timeout
         if self._connected.is_set():
             info = client.publish(self.topics.availability, payloads.AVAILABILITY_OFFLINE, qos=1, retain=True)
@@ -432,8 +435,8 @@ class HubClient:
         return self._connected.is_set()
 
     def wait_connected(self, timeout: float) -> bool:
-        """Wait up to `timeout` seconds for a connection; True if connected."""
-        return self._connected.wait(timeout)
+        """Wait up to `timeout` seconds until connected with the command subscription in place."""
+        return self._ready.wait(timeout) and self._connected.is_set()
 
     # ---- what the daemon publishes ---------------------------------------------------------
 
@@ -548,12 +551,20 @@ class HubClient:
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason_code: Any,
                        properties: Any) -> None:
+        self._ready.clear()
         if not self._connected.is_set():
             return  # a refused or failed attempt: already reported
         self._connected.clear()
         self._events.put(("disconnected", self._epoch))
         if not self._stopping.is_set():
             self._problem(f"hub: lost the connection to {self.config.host}:{self.port}: {reason_code}")
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reason_codes: list[Any],
+                      properties: Any) -> None:
+        if any(code.is_failure for code in reason_codes):
+            self._problem(f"hub: the broker refused the subscription to {self.topics.commands} "
+                          f"({', '.join(str(c) for c in reason_codes)}): commands will not arrive")
+        self._ready.set()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason_code: Any, properties: Any) -> None:
         self._events.put(("ack", self._epoch, mid, bool(reason_code.is_failure)))

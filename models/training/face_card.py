@@ -88,7 +88,7 @@ CPU time of one int8 invocation with one thread: {m['cpu_ms_per_invoke_one_threa
 development machine (bench/ has the per-face figures with flip averaging).{bench_rows}
 
 ## Training recipe (models/training/train_face.py)
-AdamW (weight decay 0.02), one-epoch warm-up to 2e-3 then cosine decay over {len(epochs)} epochs,
+AdamW (weight decay 0.02), two-epoch warm-up to 2e-3 then cosine decay over {len(epochs)} epochs,
 batch 128, label smoothing 0.1, square-root inverse-frequency class weights (disgust is 1.5% of
 the data), augmentation: horizontal flip, rotation up to about 14 degrees, zoom -15..+10 %,
 translation 8 %, contrast 0.7-1.3, brightness +-25, random erasing of one 8-20 px rectangle in

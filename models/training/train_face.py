@@ -176,6 +176,9 @@ def train(args: argparse.Namespace) -> Path:
     keras.utils.set_random_seed(args.seed)
     train_ds, val_ds, class_weight, n_train = make_datasets(Path(args.data), args.seed)
     model = build_model(width=args.width)
+    if args.init_weights:
+        # a warm restart: continue from an earlier run's weights with a fresh (smaller) schedule
+        model.load_weights(args.init_weights)
     steps = n_train // BATCH
     schedule = keras.optimizers.schedules.CosineDecay(
         initial_learning_rate=args.lr / 10,
@@ -288,6 +291,7 @@ def main() -> None:
     parser.add_argument("--weight-decay", type=float, default=0.02)
     parser.add_argument("--width", type=float, default=1.0)
     parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--init-weights", help="start from these weights (warm restart, e.g. with --lr 5e-4)")
     parser.add_argument("--stage", choices=["all", "train", "export", "evaluate"], default="all")
     args = parser.parse_args()
     Path(args.work).mkdir(parents=True, exist_ok=True)

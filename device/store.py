@@ -57,7 +57,6 @@ import csv
 import dataclasses
 import json
 import math
-import os
 import re
 import sqlite3
 import threading
@@ -73,6 +72,8 @@ import numpy as np
 from device.aggregate import Window, summarize
 from device.errors import AffectboxError
 from device.labels import LABELS
+from device.sqlite_file import BUSY_TIMEOUT_MS, explain_error, open_durable
+from device.sqlite_file import one_line as _one_line
 
 if TYPE_CHECKING:
     from device.config import StoreConfig
@@ -82,7 +83,7 @@ PATIENT_ID_PATTERN = r"[A-Za-z0-9._-]{1,64}"
 _PATIENT_ID_RE = re.compile(PATIENT_ID_PATTERN)
 STATES = ("running", "ended", "interrupted")
 END_STATES = ("ended", "interrupted")
-BUSY_TIMEOUT_MS = 5000
+KIND = "session store"
 RECOVERED_REASON = "the device stopped unexpectedly (crash or power loss); recovered at the next start"
 
 # Prosody measures kept in the baseline (from the summary's speech-time-weighted prosody): pitch
@@ -211,8 +212,6 @@ class StoredSummary:
         return dataclasses.asdict(self)
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
 
 
 def _shown(value: Any, limit: int = 40) -> str:
@@ -398,25 +397,7 @@ def deviation(summary: Mapping[str, Any], baseline: Mapping[str, Any] | None) ->
 
 def _storage_error(exc: BaseException, path: Path, action: str) -> StorageError:
     """One line naming the file, what was being done and why it failed."""
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    if name.startswith("SQLITE_FULL"):
-        why = "the disk is full (nothing was changed; free space and retry)"
-    elif name.startswith("SQLITE_READONLY"):
-        why = "the database file or its folder is read-only"
-    elif name.startswith("SQLITE_CANTOPEN"):
-        why = "cannot open the database file or its -wal/-shm files (missing, or the folder is not writable)"
-    elif name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-        why = f"the database stayed locked by another connection for {BUSY_TIMEOUT_MS / 1000:g} s"
-    elif name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
-        why = "the file is damaged or is not an affectbox session store"
-    elif name.startswith("SQLITE_IOERR"):
-        why = "an I/O error (failing SD card or storage, or a full disk)"
-    elif isinstance(exc, OSError):
-        why = exc.strerror or str(exc)
-    else:
-        why = str(exc)
-    code = f" ({name})" if name else ""
-    return StorageError(_one_line(f"{path}: cannot {action}: {why}{code}"))
+    return StorageError(explain_error(exc, path, action, KIND))
 
 
 def _utcnow() -> datetime:
@@ -458,38 +439,6 @@ class Store:
 
     # ---- opening -------------------------------------------------------------------------
 
-    def _prepare_file(self) -> None:
-        """Create the folder (0700) and the file (0600) before SQLite does, so permissions are ours.
-
-        SQLite creates the -wal and -shm files with the database file's permissions, so they are
-        0600 too. An existing folder is left as it is: it may be shared (a misconfigured path in
-        /tmp must not get /tmp chmod-ed); systemd's StateDirectory= makes it 0700 on the Pi.
-        """
-        folder = self.path.parent
-        if not folder.is_dir():
-            try:
-                folder.mkdir(mode=0o700, parents=True)
-                os.chmod(folder, 0o700)  # mkdir's mode is filtered by the umask
-            except FileExistsError:
-                pass
-            except OSError as exc:
-                raise StorageError(_one_line(f"{folder}: cannot create the session store's folder: "
-                                             f"{exc.strerror or exc}")) from None
-        existed = self.path.exists()
-        try:
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        except OSError as exc:
-            hint = "the file is read-only for this user: check its owner and mode" if existed \
-                else "is its folder writable?"
-            raise StorageError(_one_line(f"{self.path}: cannot open the session store for writing: "
-                                         f"{exc.strerror or exc} ({hint})")) from None
-        try:
-            if os.fstat(fd).st_mode & 0o777 != 0o600:
-                with contextlib.suppress(PermissionError):  # not our file: leave it, SQLite will still work
-                    os.fchmod(fd, 0o600)
-        finally:
-            os.close(fd)
-
     def _connect(self) -> sqlite3.Connection:
         try:
             if self.readonly:
@@ -499,11 +448,7 @@ class Store:
                 conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False,
                                        timeout=BUSY_TIMEOUT_MS / 1000)
             else:
-                self._prepare_file()
-                # isolation_level=None: transactions are ours (BEGIN IMMEDIATE ... COMMIT), not the
-                # module's implicit ones; check_same_thread=False: the lock below serialises use
-                conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
-                                       timeout=BUSY_TIMEOUT_MS / 1000)
+                conn = open_durable(self.path, KIND, StorageError, journal_size_limit=8 << 20)
         except sqlite3.Error as exc:
             raise _storage_error(exc, self.path, "open the session store") from exc
         try:
@@ -511,21 +456,9 @@ class Store:
             conn.execute("PRAGMA foreign_keys = ON")
             if self.readonly:
                 conn.execute("PRAGMA query_only = ON")
-            else:
-                # auto_vacuum takes effect only on a new, empty file: set before the first table
-                conn.execute("PRAGMA auto_vacuum = INCREMENTAL")
-                mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-                if str(mode).lower() != "wal":
-                    raise StorageError(f"{self.path}: cannot switch the session store to WAL mode (got {mode})")
-                conn.execute("PRAGMA synchronous = FULL")
-                conn.execute("PRAGMA secure_delete = ON")
-                conn.execute("PRAGMA journal_size_limit = 8388608")  # keep the -wal file from growing unbounded
         except sqlite3.Error as exc:
             conn.close()
             raise _storage_error(exc, self.path, "open the session store") from exc
-        except BaseException:
-            conn.close()
-            raise
         return conn
 
     def _current_version(self, conn: sqlite3.Connection) -> int:

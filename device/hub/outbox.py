@@ -47,7 +47,6 @@ from __future__ import annotations
 
 import contextlib
 import json
-import os
 import sqlite3
 import threading
 import time
@@ -57,12 +56,13 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from device.errors import HubError
+from device.sqlite_file import explain_error, open_durable
 
 if TYPE_CHECKING:
     from device.config import HubConfig
 
 FILE_FORMAT = 1  # PRAGMA user_version of the outbox file
-BUSY_TIMEOUT_MS = 5000
+KIND = "hub outbox"
 # Priority classes: lower is dropped first when the outbox is over its bound.
 PRIORITY_MOOD = 0
 PRIORITY_DEFAULT = 1
@@ -106,30 +106,8 @@ class OutboxEntry:
     event_id: str | None
 
 
-def _one_line(text: str) -> str:
-    return " ".join(str(text).split())
-
-
 def _error(exc: BaseException, path: Path, action: str) -> OutboxError:
-    name = getattr(exc, "sqlite_errorname", "") or ""
-    if name.startswith("SQLITE_FULL"):
-        why = "the disk is full"
-    elif name.startswith("SQLITE_READONLY"):
-        why = "the file or its folder is read-only"
-    elif name.startswith("SQLITE_CANTOPEN"):
-        why = "cannot open the file or its -wal/-shm files (missing, or the folder is not writable)"
-    elif name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
-        why = f"the file stayed locked by another process for {BUSY_TIMEOUT_MS / 1000:g} s"
-    elif name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
-        why = "the file is damaged or is not an affectbox outbox (move it away; it is recreated empty)"
-    elif name.startswith("SQLITE_IOERR"):
-        why = "an I/O error (failing SD card or storage, or a full disk)"
-    elif isinstance(exc, OSError):
-        why = exc.strerror or str(exc)
-    else:
-        why = str(exc)
-    code = f" ({name})" if name else ""
-    return OutboxError(_one_line(f"{path}: cannot {action}: {why}{code}"))
+    return OutboxError(explain_error(exc, path, action, KIND))
 
 
 class Outbox:
@@ -161,39 +139,9 @@ class Outbox:
 
     # ---- file ------------------------------------------------------------------------------
 
-    def _prepare_file(self) -> None:
-        """Folder 0700 and file 0600 before SQLite opens it: events carry patient ids."""
-        folder = self.path.parent
-        try:
-            if not folder.is_dir():
-                folder.mkdir(mode=0o700, parents=True, exist_ok=True)
-                os.chmod(folder, 0o700)
-            fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-            try:
-                if os.fstat(fd).st_mode & 0o777 != 0o600:
-                    with contextlib.suppress(PermissionError):
-                        os.fchmod(fd, 0o600)
-            finally:
-                os.close(fd)
-        except OSError as exc:
-            raise _error(exc, self.path, "open the hub outbox") from None
-
     def _connect(self) -> sqlite3.Connection:
-        self._prepare_file()
+        conn = open_durable(self.path, KIND, OutboxError, journal_size_limit=4 << 20)
         try:
-            conn = sqlite3.connect(str(self.path), isolation_level=None, check_same_thread=False,
-                                   timeout=BUSY_TIMEOUT_MS / 1000)
-        except sqlite3.Error as exc:
-            raise _error(exc, self.path, "open the hub outbox") from exc
-        try:
-            conn.execute(f"PRAGMA busy_timeout = {BUSY_TIMEOUT_MS}")
-            conn.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes effect on a new file
-            mode = conn.execute("PRAGMA journal_mode = WAL").fetchone()[0]
-            if str(mode).lower() != "wal":
-                raise OutboxError(f"{self.path}: cannot switch the hub outbox to WAL mode (got {mode})")
-            conn.execute("PRAGMA synchronous = FULL")
-            conn.execute("PRAGMA secure_delete = ON")
-            conn.execute("PRAGMA journal_size_limit = 4194304")
             version = int(conn.execute("PRAGMA user_version").fetchone()[0])
             if version > FILE_FORMAT:
                 raise OutboxError(f"{self.path}: outbox format {version} is newer than this affectbox "

@@ -15,43 +15,23 @@ import argparse
 import hashlib
 import json
 import shutil
+import sys
 import time
 from pathlib import Path
 
-import numpy as np
-
-LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tflite_contract import tensor_contract
 
 
 def contract(path: Path) -> tuple[dict, dict]:
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(path))
-    interp.allocate_tensors()
-    inp = interp.get_input_details()[0]
-    out = interp.get_output_details()[0]
-    in_scale, in_zero = inp["quantization"]
-    out_scale, out_zero = out["quantization"]
-    return (
-        {
-            "shape": [int(x) for x in inp["shape"]],
-            "dtype": np.dtype(inp["dtype"]).name,
-            "scale": float(in_scale),
-            "zero_point": int(in_zero),
-            "normalisation": "48x48 grayscale face crop, pixel values 0..255 quantised as "
-            "round(pixel / scale + zero_point); the model rescales to [-1, 1] internally",
-            "framing": "FER2013-like crop: side 1.18x the BlazeFace box, centre 0.10 box heights above "
-            "the box centre, eyes levelled (device/inference/face_crop.py)",
-        },
-        {
-            "shape": [int(x) for x in out["shape"]],
-            "dtype": np.dtype(out["dtype"]).name,
-            "scale": float(out_scale),
-            "zero_point": int(out_zero),
-            "kind": "logits",
-            "labels": LABELS,
-        },
-    )
+    inputs, outputs = tensor_contract(path)
+    inputs.update({
+        "normalisation": "48x48 grayscale face crop, pixel values 0..255 quantised as "
+        "round(pixel / scale + zero_point); the model rescales to [-1, 1] internally",
+        "framing": "FER2013-like crop: side 1.18x the BlazeFace box, centre 0.10 box heights above "
+        "the box centre, eyes levelled (device/inference/face_crop.py)",
+    })
+    return inputs, outputs
 
 
 def main() -> None:

@@ -25,7 +25,9 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from device.audio import features as feat
 
-LABELS = ["angry", "disgust", "fear", "happy", "sad", "surprise", "neutral"]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from tflite_contract import LABELS, tensor_contract
+
 MODEL_FILE = "speech_emotion_int8.tflite"
 ARCH_TEXT = {
     "sep1d": "1-D temporal CNN (TC-ResNet style) over the log-mel frames with the 40 bands as channels: "
@@ -37,37 +39,17 @@ ARCH_TEXT = {
 
 
 def contract(path: Path) -> tuple[dict, dict]:
-    from ai_edge_litert.interpreter import Interpreter
-
-    interp = Interpreter(model_path=str(path))
-    interp.allocate_tensors()
-    inp = interp.get_input_details()[0]
-    out = interp.get_output_details()[0]
-    in_scale, in_zero = inp["quantization"]
-    out_scale, out_zero = out["quantization"]
-    return (
-        {
-            "shape": [int(x) for x in inp["shape"]],
-            "dtype": np.dtype(inp["dtype"]).name,
-            "scale": float(in_scale),
-            "zero_point": int(in_zero),
-            "normalisation": "float features quantised as round(value / scale + zero_point), clipped to int8",
-            "features": feat.DESCRIPTION,
-            "sample_rate": feat.SAMPLE_RATE,
-            "frames": feat.N_FRAMES,
-            "mel_bands": feat.N_MELS,
-            "window_seconds": feat.N_FRAMES * feat.HOP_SECONDS,
-            "code": "device/audio/features.py: speech_features / speech_feature_windows",
-        },
-        {
-            "shape": [int(x) for x in out["shape"]],
-            "dtype": np.dtype(out["dtype"]).name,
-            "scale": float(out_scale),
-            "zero_point": int(out_zero),
-            "kind": "logits",
-            "labels": LABELS,
-        },
-    )
+    inputs, outputs = tensor_contract(path)
+    inputs.update({
+        "normalisation": "float features quantised as round(value / scale + zero_point), clipped to int8",
+        "features": feat.DESCRIPTION,
+        "sample_rate": feat.SAMPLE_RATE,
+        "frames": feat.N_FRAMES,
+        "mel_bands": feat.N_MELS,
+        "window_seconds": feat.N_FRAMES * feat.HOP_SECONDS,
+        "code": "device/audio/features.py: speech_features / speech_feature_windows",
+    })
+    return inputs, outputs
 
 
 def _matrix(cm: list[list[int]]) -> list[str]:

@@ -120,6 +120,23 @@ def cmd_show_config(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from device.atomic import atomic_writer
+    from device.store import Store
+
+    config = load_config(args.config)
+    db = Path(args.db or config.store.path)
+    with Store.open(db, readonly=True) as store:
+        if args.out is None:
+            rows = store.export(patient_id=args.patient, session_id=args.session, fmt=args.format, out=sys.stdout)
+        else:
+            with atomic_writer(args.out, mode=0o600) as handle:  # patient data: owner-only
+                rows = store.export(patient_id=args.patient, session_id=args.session, fmt=args.format, out=handle)
+    print(f"affectbox: exported {rows} windows{'' if args.out is None else f' to {args.out}'}. {NOTICE}",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_fetch_models(args: argparse.Namespace) -> int:
     from device.assets import fetch_all
 
@@ -169,6 +186,16 @@ def build_parser() -> argparse.ArgumentParser:
     show = sub.add_parser("show-config", help="print every setting with its default (or a file's values)")
     show.add_argument("--config", help="show this file's effective values as JSON")
     show.set_defaults(func=cmd_show_config)
+
+    export = sub.add_parser("export", help="export stored windows of one patient or one session (csv or jsonl)")
+    which = export.add_mutually_exclusive_group(required=True)
+    which.add_argument("--patient", help="opaque patient id: all of this patient's sessions")
+    which.add_argument("--session", help="one session id")
+    export.add_argument("--format", choices=("csv", "jsonl"), default="csv")
+    export.add_argument("--out", help="output file (written atomically, mode 0600); default: standard output")
+    export.add_argument("--db", help="the local record (default: store.path from the config)")
+    export.add_argument("--config", help="TOML config file")
+    export.set_defaults(func=cmd_export)
 
     fetch = sub.add_parser("fetch-models", help="fetch and verify third-party model files (set-up time)")
     fetch.set_defaults(func=cmd_fetch_models)

@@ -814,8 +814,6 @@ class Store:
         if patient_id is not None:
             validate_patient_id(patient_id)
         writer = csv.writer(out, lineterminator="\n") if fmt == "csv" else None
-        if writer is not None:
-            writer.writerow(EXPORT_COLUMNS)
         count = 0
         with self._read("export") as conn:
             if session_id is not None:
@@ -825,6 +823,8 @@ class Store:
                 if not conn.execute("SELECT 1 FROM sessions WHERE patient_id = ?", (patient_id,)).fetchone():
                     raise NotFoundError(f"no sessions for patient {_shown(patient_id)} in {self.path}")
                 where, key = "s.patient_id = ?", patient_id
+            if writer is not None:  # only once the ids are known good: an error leaves no half output
+                writer.writerow(EXPORT_COLUMNS)
             cursor = conn.execute(
                 "SELECT s.id, s.patient_id, s.started_utc, w.window_json, w.face_share, w.speech_share "
                 f"FROM windows w JOIN sessions s ON s.id = w.session_id WHERE {where} "

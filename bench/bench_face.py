@@ -54,7 +54,7 @@ from device.evaluate import find_images, load_face
 from device.inference.expression import ExpressionClassifier, load_expression_manifest
 from device.inference.face import FaceAnalyzer
 from device.inference.face_crop import crop_geometry, cut_face
-from device.inference.runtime import load_interpreter, resolve_models_dir, runtime_name
+from device.inference.runtime import load_interpreter, resolve_models_dir, runtime_name, sha256_file
 from device.labels import LABELS
 from device.metrics import classification_report
 from device.observation import Frame
@@ -140,12 +140,6 @@ def environment(cores: list[int]) -> dict[str, Any]:
 # the anchor model
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def cache_dir() -> Path:

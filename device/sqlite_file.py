@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sqlite3
+from collections.abc import Iterator
 from pathlib import Path
 
 from device.errors import AffectboxError
@@ -105,3 +106,28 @@ def open_durable(path: Path, kind: str, error: type[AffectboxError], journal_siz
         conn.close()
         raise
     return conn
+
+
+@contextlib.contextmanager
+def write_transaction(conn: sqlite3.Connection, path: Path, action: str, kind: str,
+                      error: type[AffectboxError]) -> Iterator[sqlite3.Connection]:
+    """BEGIN IMMEDIATE ... COMMIT; any failure rolls back and SQLite errors become one-line `error`s.
+
+    IMMEDIATE takes the write lock up front (waiting up to busy_timeout), so a transaction never
+    fails half-way on a lock. The caller holds its own lock around this (one connection, threads).
+    """
+    try:
+        conn.execute("BEGIN IMMEDIATE")
+    except sqlite3.Error as exc:
+        raise error(explain_error(exc, path, action, kind)) from exc
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException as exc:
+        # SQLite may already have rolled back (e.g. on SQLITE_FULL); then there is nothing to undo
+        if conn.in_transaction:
+            with contextlib.suppress(sqlite3.Error):
+                conn.execute("ROLLBACK")
+        if isinstance(exc, sqlite3.Error):
+            raise error(explain_error(exc, path, action, kind)) from exc
+        raise

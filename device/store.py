@@ -72,7 +72,7 @@ import numpy as np
 from device.aggregate import Window, summarize
 from device.errors import AffectboxError
 from device.labels import LABELS
-from device.sqlite_file import BUSY_TIMEOUT_MS, explain_error, open_durable
+from device.sqlite_file import BUSY_TIMEOUT_MS, explain_error, open_durable, write_transaction
 from device.sqlite_file import one_line as _one_line
 
 if TYPE_CHECKING:
@@ -499,22 +499,8 @@ class Store:
         with self._lock:
             if self.readonly:
                 raise StoreError(f"{self.path}: opened read-only; cannot {action}")
-            conn = self._conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise _storage_error(exc, self.path, action) from exc
-            try:
+            with write_transaction(self._conn, self.path, action, KIND, StorageError) as conn:
                 yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                # SQLite may already have rolled back (e.g. on SQLITE_FULL); then there is nothing to undo
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise _storage_error(exc, self.path, action) from exc
-                raise
 
     @contextlib.contextmanager
     def _read(self, action: str) -> Iterator[sqlite3.Connection]:

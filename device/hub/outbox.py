@@ -56,7 +56,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from device.errors import HubError
-from device.sqlite_file import explain_error, open_durable
+from device.sqlite_file import explain_error, open_durable, write_transaction
 
 if TYPE_CHECKING:
     from device.config import HubConfig
@@ -161,22 +161,8 @@ class Outbox:
 
     @contextlib.contextmanager
     def _write(self, action: str) -> Iterator[sqlite3.Connection]:
-        with self._lock:
-            conn = self._conn
-            try:
-                conn.execute("BEGIN IMMEDIATE")
-            except sqlite3.Error as exc:
-                raise _error(exc, self.path, action) from exc
-            try:
-                yield conn
-                conn.execute("COMMIT")
-            except BaseException as exc:
-                if conn.in_transaction:
-                    with contextlib.suppress(sqlite3.Error):
-                        conn.execute("ROLLBACK")
-                if isinstance(exc, sqlite3.Error):
-                    raise _error(exc, self.path, action) from exc
-                raise
+        with self._lock, write_transaction(self._conn, self.path, action, KIND, OutboxError) as conn:
+            yield conn
 
     def _query(self, action: str, sql: str, params: Iterable[Any] = ()) -> list[tuple[Any, ...]]:
         with self._lock:

@@ -12,26 +12,23 @@ numpy and ai-edge-litert.
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tflite_contract import tensor_contract
+from tflite_util import publish_file
 
 
-def contract(path: Path) -> tuple[dict, dict]:
-    inputs, outputs = tensor_contract(path)
-    inputs.update({
-        "normalisation": "48x48 grayscale face crop, pixel values 0..255 quantised as "
-        "round(pixel / scale + zero_point); the model rescales to [-1, 1] internally",
-        "framing": "FER2013-like crop: side 1.18x the BlazeFace box, centre 0.10 box heights above "
-        "the box centre, eyes levelled (device/inference/face_crop.py)",
-    })
-    return inputs, outputs
+def input_description() -> dict:
+    """What the manifest says about the input beyond shape and quantisation."""
+    return {
+    "normalisation": "48x48 grayscale face crop, pixel values 0..255 quantised as "
+    "round(pixel / scale + zero_point); the model rescales to [-1, 1] internally",
+    "framing": "FER2013-like crop: side 1.18x the BlazeFace box, centre 0.10 box heights above "
+    "the box centre, eyes levelled (device/inference/face_crop.py)",
+}
 
 
 def main() -> None:
@@ -44,17 +41,13 @@ def main() -> None:
     source = work / "face_expression_int8.tflite"
     metrics = json.loads((work / "metrics.json").read_text())
     target = models / "face_expression_int8.tflite"
-    shutil.copyfile(source, target)
-    input_contract, output_contract = contract(target)
+    published = publish_file(source, target)
+    published["input"].update(input_description())
     flip = metrics["int8_flip_average"]
     manifest = {
         "name": "affectbox_face_expression",
         "version": args.version,
-        "file": target.name,
-        "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
-        "size_bytes": target.stat().st_size,
-        "input": input_contract,
-        "output": output_contract,
+        **published,
         "calibration": {
             "temperature": metrics["temperature"],
             "method": "temperature scaling fitted on FER2013 val (PublicTest) by minimising NLL of the "

@@ -13,9 +13,7 @@ Needs only numpy and ai-edge-litert (plus the device package for the feature con
 from __future__ import annotations
 
 import argparse
-import hashlib
 import json
-import shutil
 import sys
 import time
 from pathlib import Path
@@ -26,7 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from device.audio import features as feat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from tflite_contract import LABELS, tensor_contract
+from tflite_util import LABELS, publish_file
 
 MODEL_FILE = "speech_emotion_int8.tflite"
 ARCH_TEXT = {
@@ -38,18 +36,17 @@ ARCH_TEXT = {
 }
 
 
-def contract(path: Path) -> tuple[dict, dict]:
-    inputs, outputs = tensor_contract(path)
-    inputs.update({
-        "normalisation": "float features quantised as round(value / scale + zero_point), clipped to int8",
-        "features": feat.DESCRIPTION,
-        "sample_rate": feat.SAMPLE_RATE,
-        "frames": feat.N_FRAMES,
-        "mel_bands": feat.N_MELS,
-        "window_seconds": feat.N_FRAMES * feat.HOP_SECONDS,
-        "code": "device/audio/features.py: speech_features / speech_feature_windows",
-    })
-    return inputs, outputs
+def input_description() -> dict:
+    """What the manifest says about the input beyond shape and quantisation."""
+    return {
+    "normalisation": "float features quantised as round(value / scale + zero_point), clipped to int8",
+    "features": feat.DESCRIPTION,
+    "sample_rate": feat.SAMPLE_RATE,
+    "frames": feat.N_FRAMES,
+    "mel_bands": feat.N_MELS,
+    "window_seconds": feat.N_FRAMES * feat.HOP_SECONDS,
+    "code": "device/audio/features.py: speech_features / speech_feature_windows",
+}
 
 
 def _matrix(cm: list[list[int]]) -> list[str]:
@@ -240,18 +237,14 @@ def main() -> None:
     source = work / "final" / MODEL_FILE
     metrics = json.loads((work / "metrics.json").read_text())
     target = models / MODEL_FILE
-    shutil.copyfile(source, target)
-    input_contract, output_contract = contract(target)
+    published = publish_file(source, target)
+    published["input"].update(input_description())
     final = metrics["final_model"]
     pooled = metrics["pooled"]
     manifest = {
         "name": "affectbox_speech_emotion",
         "version": args.version,
-        "file": target.name,
-        "sha256": hashlib.sha256(target.read_bytes()).hexdigest(),
-        "size_bytes": target.stat().st_size,
-        "input": input_contract,
-        "output": output_contract,
+        **published,
         "calibration": {
             "temperature": round(metrics["temperature"], 4),
             "method": metrics["temperature_method"],

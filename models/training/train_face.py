@@ -33,6 +33,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))  # the repo root: training may import device
 from fer_data import LABELS, load_split
+from tflite_util import convert_full_int8
 
 from device.calibration import expected_calibration_error as ece
 from device.calibration import fit_temperature, softmax
@@ -213,7 +214,6 @@ def train(args: argparse.Namespace) -> Path:
 
 
 def export(args: argparse.Namespace, weights: Path) -> Path:
-    import tensorflow as tf
 
     out = Path(args.work) / "face_expression_int8.tflite"
     model = build_model(width=args.width)
@@ -222,17 +222,7 @@ def export(args: argparse.Namespace, weights: Path) -> Path:
     rng = np.random.default_rng(args.seed)
     sample = x_train[rng.choice(len(x_train), size=500, replace=False)]
 
-    def representative():
-        for img in sample:
-            yield [img[None, :, :, None].astype(np.float32)]
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    out.write_bytes(converter.convert())
+    out.write_bytes(convert_full_int8(model, (img[None, :, :, None] for img in sample)))
     print(f"export: wrote {out} ({out.stat().st_size} bytes)", flush=True)
     return out
 

@@ -47,6 +47,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from speech_data import AUG_VERSION, FeatureSet, Utterance, actor_of, list_corpus, load_features
+from tflite_util import convert_full_int8
 
 from device.audio import features as feat
 from device.calibration import expected_calibration_error as ece
@@ -227,7 +228,6 @@ def float_logits(args: argparse.Namespace, weights: Path, x: np.ndarray) -> np.n
 # ---------------------------------------------------------------- int8 export and LiteRT scoring
 
 def export_int8(args: argparse.Namespace, weights: Path, fs: FeatureSet, train_idx: np.ndarray, out: Path) -> Path:
-    import tensorflow as tf
 
     path = out / MODEL_FILE
     if path.exists():
@@ -240,17 +240,7 @@ def export_int8(args: argparse.Namespace, weights: Path, fs: FeatureSet, train_i
     sample = [fs.clean[i] if k % 2 == 0 else fs.aug[i, k % fs.aug.shape[1]].astype(np.float32)
               for k, i in enumerate(pick)]
 
-    def representative():
-        for x in sample:
-            yield [x[None].astype(np.float32)]
-
-    converter = tf.lite.TFLiteConverter.from_keras_model(model)
-    converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    converter.representative_dataset = representative
-    converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
-    converter.inference_input_type = tf.int8
-    converter.inference_output_type = tf.int8
-    path.write_bytes(converter.convert())
+    path.write_bytes(convert_full_int8(model, (x[None] for x in sample)))
     print(f"export: wrote {path} ({path.stat().st_size} bytes)", flush=True)
     return path
 

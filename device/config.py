@@ -154,6 +154,7 @@ class StoreConfig:
 HUB_COMMANDS = ("start_session", "stop_session", "ping", "get_status")
 HUB_DEFAULT_PORTS = {"off": 1883, "on": 8883}
 _CREDENTIAL_NAME_RE = re.compile(r"[A-Za-z0-9._@-]{1,128}")
+_DEVICE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -197,6 +198,79 @@ class HubConfig:
 
 
 @dataclass(frozen=True)
+class DeviceConfig:
+    """Who this device is; the id is opaque and appears in topics and stored sessions."""
+
+    id: str = _opt("", "device id (A-Z a-z 0-9 . _ -); empty = derived once from the Pi serial or generated, "
+                       "kept in state_dir/device-id")
+    site: str = _opt("", "site label shown on the status page and in the hub's info (free text, no patient data)")
+    room: str = _opt("", "room label shown on the status page and in the hub's info (free text, no patient data)")
+    state_dir: str = _opt("/var/lib/affectbox", "folder for the device id and other state (systemd StateDirectory)")
+
+
+CAMERA_CHOICES = ("auto", "picamera2", "opencv", "none")
+MICROPHONE_CHOICES = ("sounddevice", "none")
+
+
+@dataclass(frozen=True)
+class CaptureConfig:
+    """Live camera and microphone (device/capture/live.py); `affectbox selftest` lists the devices found."""
+
+    camera: str = _opt("auto", "camera backend: auto (picamera2 if present, else opencv), picamera2, opencv "
+                               "(USB/V4L2 webcam), none", choices=CAMERA_CHOICES)
+    camera_device: str = _opt("0", "camera index or name (opencv: index or /dev/videoN; picamera2: index)")
+    width: int = _opt(640, "camera frame width in pixels", min=160, max=1920)
+    height: int = _opt(480, "camera frame height in pixels", min=120, max=1080)
+    fps: float = _opt(15.0, "camera frames per second requested from the device", min=1.0, max=60.0)
+    microphone: str = _opt("sounddevice", "microphone backend: sounddevice (ALSA/PortAudio) or none",
+                           choices=MICROPHONE_CHOICES)
+    microphone_device: str = _opt("", "microphone index or (part of) its name; empty = the system default")
+    stale_after_s: float = _opt(
+        2.0, "a source with no new frame or audio block for this long is reopened (with backoff)", min=0.5, max=60.0
+    )
+
+
+@dataclass(frozen=True)
+class SessionConfig:
+    """Sessions: limits, consent and the (off by default) debug recording."""
+
+    max_duration_minutes: float = _opt(120.0, "a session is stopped after this long", min=1.0, max=720.0)
+    auto_stop_minutes: float = _opt(
+        0.0, "stop a session after this many minutes with neither a face nor speech; 0 = never", min=0.0, max=120.0
+    )
+    consent_required: bool = _opt(False, "a session starts only with an explicit consent flag")
+    debug_recording: bool = _opt(
+        False, "SENSITIVE: write raw frames and audio of sessions to debug_recording_dir (for troubleshooting only)"
+    )
+    debug_recording_max_minutes: float = _opt(
+        10.0, "debug recording stops after this many minutes of a session", min=0.5, max=60.0
+    )
+    debug_recording_dir: str = _opt("/var/lib/affectbox/debug-recordings",
+                                    "folder for debug recordings (created 0700; delete after use)")
+
+
+@dataclass(frozen=True)
+class ControlConfig:
+    """The local control socket used by `affectbox session start/stop/status`."""
+
+    socket: str = _opt("/run/affectbox/control.sock",
+                       "Unix socket of the running daemon (created 0660; systemd RuntimeDirectory)")
+
+
+@dataclass(frozen=True)
+class WebConfig:
+    """The status page and its JSON API (device/web)."""
+
+    enabled: bool = _opt(True, "serve the status page")
+    bind: str = _opt("127.0.0.1", "address to listen on: 127.0.0.1 for a headless device, 0.0.0.0 for a kiosk "
+                                  "reached over the LAN")
+    port: int = _opt(8080, "TCP port of the status page", min=1, max=65535)
+    password_file: str = _opt("web-password", "name of the credential file (in $CREDENTIALS_DIRECTORY) holding "
+                                              "the status page's password hash (written by `affectbox provision`)")
+    session_minutes: float = _opt(60.0, "a login expires after this many minutes", min=1.0, max=1440.0)
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; one attribute per TOML table."""
 
@@ -207,6 +281,11 @@ class Config:
     fusion: FusionConfig = field(default_factory=FusionConfig)
     store: StoreConfig = field(default_factory=StoreConfig)
     hub: HubConfig = field(default_factory=HubConfig)
+    device: DeviceConfig = field(default_factory=DeviceConfig)
+    capture: CaptureConfig = field(default_factory=CaptureConfig)
+    session: SessionConfig = field(default_factory=SessionConfig)
+    control: ControlConfig = field(default_factory=ControlConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
 
 def _type_name(tp: Any) -> str:
@@ -305,6 +384,26 @@ def _validate_relations(config: Config, errors: list[str]) -> None:
     if not config.store.path.strip():
         errors.append("store.path: must not be empty")
     errors.extend(hub_config_problems(config.hub))
+    device_id = config.device.id
+    if device_id and not _DEVICE_ID_RE.fullmatch(device_id):
+        errors.append(f"device.id: must be 1-64 characters of A-Z a-z 0-9 . _ - (got {device_id!r})")
+    for key in ("state_dir",):
+        value = getattr(config.device, key)
+        if not value.startswith("/"):
+            errors.append(f"device.{key}: must be an absolute path (got {value!r})")
+    if not config.session.debug_recording_dir.startswith("/"):
+        errors.append(f"session.debug_recording_dir: must be an absolute path "
+                      f"(got {config.session.debug_recording_dir!r})")
+    if not config.control.socket.startswith("/") or len(config.control.socket.encode()) > 100:
+        errors.append(f"control.socket: must be an absolute path of at most 100 bytes (got {config.control.socket!r})")
+    name = config.web.password_file
+    if name and (not _CREDENTIAL_NAME_RE.fullmatch(name) or name in (".", "..")):
+        errors.append(f"web.password_file: must be the name of a file in the credentials directory, "
+                      f"without a folder (got {name!r})")
+    try:
+        ipaddress.ip_address(config.web.bind)
+    except ValueError:
+        errors.append(f"web.bind: must be an IP address such as 127.0.0.1 or 0.0.0.0 (got {config.web.bind!r})")
 
 
 def is_loopback_host(host: str) -> bool:

@@ -78,7 +78,7 @@ from device.sqlite_file import one_line as _one_line
 if TYPE_CHECKING:
     from device.config import StoreConfig
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2
 PATIENT_ID_PATTERN = r"[A-Za-z0-9._-]{1,64}"
 _PATIENT_ID_RE = re.compile(PATIENT_ID_PATTERN)
 STATES = ("running", "ended", "interrupted")
@@ -176,6 +176,21 @@ MIGRATIONS: tuple[tuple[str, ...], ...] = (
             deviation_json TEXT,
             stored_utc TEXT NOT NULL
         )""",
+    ),
+    (
+        # What has been handed to the hub's outbox: "started", "window:<index>", "ended" (the end
+        # event and the summary). The store is the source of truth and the outbox the transport:
+        # after a crash between storing and queueing, the daemon queues whatever is not marked
+        # (event ids are derived from these keys, so a re-queue is deduplicated at the hub).
+        """CREATE TABLE published (
+            session_id TEXT NOT NULL REFERENCES sessions(id) ON DELETE CASCADE,
+            item TEXT NOT NULL,
+            PRIMARY KEY (session_id, item)
+        ) WITHOUT ROWID""",
+        # sessions recorded before this version are not re-published after an upgrade
+        "INSERT INTO published SELECT id, 'started' FROM sessions",
+        "INSERT INTO published SELECT id, 'ended' FROM sessions WHERE state != 'running'",
+        "INSERT INTO published SELECT session_id, 'window:' || window_index FROM windows",
     ),
 )
 
@@ -766,6 +781,47 @@ class Store:
                 except sqlite3.Error as exc:
                     raise _storage_error(exc, self.path, "reclaim space after retention") from exc
         return ids
+
+    # ---- what the hub has been given -------------------------------------------------------
+
+    def mark_published(self, session_id: str, *items: str) -> None:
+        """Record that these items ("started", "window:<i>", "ended") are in the hub's outbox."""
+        with self._write("record published events") as conn:
+            conn.executemany("INSERT OR IGNORE INTO published VALUES (?, ?)", [(session_id, i) for i in items])
+
+    def unpublished(self, since: datetime | None = None) -> list[tuple[SessionRecord, list[str]]]:
+        """Sessions (oldest first) with items not yet handed to the hub, and those items in order.
+
+        `since` skips sessions started before it (events older than the outbox's age bound would
+        be dropped at once anyway).
+        """
+        out: list[tuple[SessionRecord, list[str]]] = []
+        with self._read("find unpublished events") as conn:
+            where, params = "", ()
+            if since is not None:
+                where, params = "WHERE s.started_utc >= ?", (_utc_iso(since),)
+            rows = conn.execute(f"SELECT {self._SESSION_COLUMNS} FROM sessions s {where} ORDER BY s.seq",
+                                params).fetchall()
+            for row in rows:
+                record = self._record(row)
+                done = {r[0] for r in conn.execute("SELECT item FROM published WHERE session_id = ?", (record.id,))}
+                items = [] if "started" in done else ["started"]
+                for (index,) in conn.execute("SELECT window_index FROM windows WHERE session_id = ? "
+                                             "ORDER BY window_index", (record.id,)):
+                    if f"window:{index}" not in done:
+                        items.append(f"window:{index}")
+                if record.state != "running" and "ended" not in done:
+                    items.append("ended")
+                if items:
+                    out.append((record, items))
+        return out
+
+    def window(self, session_id: str, index: int) -> dict[str, Any] | None:
+        """One stored window's JSON, or None."""
+        with self._read("read a window") as conn:
+            row = conn.execute("SELECT window_json FROM windows WHERE session_id = ? AND window_index = ?",
+                               (session_id, index)).fetchone()
+        return None if row is None else json.loads(row[0])
 
     def integrity_check(self) -> bool:
         """True when PRAGMA integrity_check and quick_check both say ok and no foreign key dangles."""

@@ -156,7 +156,7 @@ def test_lifecycle_round_trip_and_file_setup(tmp_path: Path):
         assert conn.execute("PRAGMA foreign_keys").fetchone()[0] == 1
         assert conn.execute("PRAGMA busy_timeout").fetchone()[0] == 5000
         assert conn.execute("PRAGMA auto_vacuum").fetchone()[0] == 2  # incremental
-        assert [r[0] for r in conn.execute("SELECT version FROM schema_version")] == [1]
+        assert [r[0] for r in conn.execute("SELECT version FROM schema_version")] == [1, 2]
 
     with Store.open(path, readonly=True) as reader:
         (record,) = reader.sessions()

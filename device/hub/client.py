@@ -458,25 +458,35 @@ class HubClient:
 
     def publish_session(self, session_id: str, event: str, *, patient_id: str | None = None,
                         reason: str | None = None, duration_s: float | None = None, windows: int | None = None,
-                        max_duration_s: float | None = None) -> dict[str, Any]:
+                        max_duration_s: float | None = None, event_key: str | None = None) -> dict[str, Any]:
         """Queue a `session` event (started / ended / interrupted); returns the payload."""
         return self._queue(self.topics.session, "session", session_id, lambda seq: payloads.session_payload(
             self.device_id, session_id, seq, event, patient_id=patient_id, reason=reason, duration_s=duration_s,
-            windows=windows, max_duration_s=max_duration_s))
+            windows=windows, max_duration_s=max_duration_s), event_key)
 
-    def publish_mood(self, session_id: str, window: Any) -> dict[str, Any]:
+    def publish_mood(self, session_id: str, window: Any, *, event_key: str | None = None) -> dict[str, Any]:
         """Queue the `mood` event of one window (`device.aggregate.Window` or its JSON); returns the payload."""
         return self._queue(self.topics.mood, "mood", session_id,
-                           lambda seq: payloads.mood_payload(self.device_id, session_id, seq, window))
+                           lambda seq: payloads.mood_payload(self.device_id, session_id, seq, window), event_key)
 
     def publish_summary(self, session_id: str, summary: Mapping[str, Any], *, patient_id: str | None = None,
-                        deviation: Mapping[str, Any] | None = None) -> dict[str, Any]:
+                        deviation: Mapping[str, Any] | None = None, event_key: str | None = None) -> dict[str, Any]:
         """Queue the `summary` of a finished session; returns the payload."""
         return self._queue(self.topics.summary, "summary", session_id, lambda seq: payloads.summary_payload(
-            self.device_id, session_id, seq, summary, patient_id=patient_id, deviation=deviation))
+            self.device_id, session_id, seq, summary, patient_id=patient_id, deviation=deviation), event_key)
 
-    def _queue(self, topic: str, kind: str, session_id: str, build: Callable[[int], dict[str, Any]]
-               ) -> dict[str, Any]:
+    def _queue(self, topic: str, kind: str, session_id: str, build: Callable[[int], dict[str, Any]],
+               event_key: str | None = None) -> dict[str, Any]:
+        if event_key is not None:
+            # the same stored item always gets the same event id, so an event queued again after
+            # a crash (stored, queued, crashed before the store recorded it) is a duplicate the
+            # hub drops, not a second event
+            event_id = payloads.derived_event_id(self.device_id, session_id, kind, event_key)
+            plain = build
+
+            def build(seq: int) -> dict[str, Any]:
+                return {**plain(seq), "event_id": event_id}
+
         payload = self.outbox.enqueue_event(topic, kind, session_id, build)
         self._events.put(("kick",))
         return payload

@@ -3,7 +3,9 @@
 Every JSON payload starts with the same envelope:
 - `schema`: the payload schema version (`SCHEMA_VERSION`); a hub rejects versions it does not know;
 - `kind`: `info`, `status`, `session`, `mood`, `summary` or `command_result`;
-- `event_id`: a random UUID (version 4); the hub deduplicates on it (QoS 1 is at-least-once);
+- `event_id`: a UUID, the hub deduplicates on it (QoS 1 is at-least-once): version 5, derived from
+  (device, session, kind, stored item) for session, mood and summary events, so an event queued
+  again after a crash keeps its id; random (version 4) for the others;
 - `device_id`, `session_id` (null for device-level payloads: info, status, command results);
 - `seq`: per stream, strictly increasing: one stream per session (session, mood and summary
   events of that session) and one for the device (session_id null). Gaps are possible (an event
@@ -65,6 +67,18 @@ def envelope(kind: str, device_id: str, session_id: str | None, seq: int, *,
         raise ValueError(f"seq must be a non-negative integer (got {seq!r})")
     return {"schema": SCHEMA_VERSION, "kind": kind, "event_id": str(uuid.uuid4()), "device_id": device_id,
             "session_id": session_id, "seq": seq, "ts": utc_timestamp(now)}
+
+
+EVENT_ID_NAMESPACE = uuid.UUID("6f1c2a8e-52f4-4e3b-9d8e-2b7a4c1e9f30")
+
+
+def derived_event_id(device_id: str, session_id: str, kind: str, key: str) -> str:
+    """A stable event id (UUID version 5) for an event derived from a stored item.
+
+    Queuing the same stored item twice (after a crash) yields the same id, so the hub's
+    deduplication on `event_id` removes the copy.
+    """
+    return str(uuid.uuid5(EVENT_ID_NAMESPACE, f"{device_id}/{session_id}/{kind}/{key}"))
 
 
 def encode(payload: Mapping[str, Any]) -> bytes:

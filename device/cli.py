@@ -11,6 +11,7 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from device import __version__
 from device.config import describe_defaults, load_config
@@ -105,8 +106,9 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 
 def cmd_validate_config(args: argparse.Namespace) -> int:
-    load_config(args.config)
-    print(f"{args.config}: ok")
+    path = args.config or args.config_option or DEFAULT_CONFIG
+    load_config(path)
+    print(f"{path}: ok")
     return 0
 
 
@@ -135,6 +137,63 @@ def cmd_export(args: argparse.Namespace) -> int:
     print(f"affectbox: exported {rows} windows{'' if args.out is None else f' to {args.out}'}. {NOTICE}",
           file=sys.stderr)
     return 0
+
+
+DEFAULT_CONFIG = "/etc/affectbox/config.toml"
+
+
+def _daemon_config(path: str | None) -> Any:
+    """The config of the daemon and its clients: the given file, else /etc/affectbox's if present."""
+    if path is None and Path(DEFAULT_CONFIG).is_file():
+        path = DEFAULT_CONFIG
+    return load_config(path)
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from device.capture.probe import check_media_path
+    from device.daemon.service import run_daemon
+
+    if args.audio and not args.replay:
+        raise AffectboxError("--audio is only used with --replay VIDEO")
+    for path in (args.replay, args.audio):
+        if path:
+            check_media_path(Path(path))
+    config = _daemon_config(args.config)
+    return run_daemon(config, replay_video=args.replay, replay_audio=args.audio, replay_loop=args.loop,
+                      patient=args.patient, verbose=args.verbose)
+
+
+def cmd_session(args: argparse.Namespace) -> int:
+    from device.daemon.control import send_request
+
+    config = _daemon_config(args.config)
+    socket_path = args.socket or config.control.socket
+    if args.action == "start":
+        request: dict[str, Any] = {"command": "start", "patient_id": args.patient, "consent": args.consent}
+        if args.max_minutes is not None:
+            request["max_duration_s"] = args.max_minutes * 60.0
+    else:
+        request = {"command": args.action}
+    result = send_request(socket_path, request)
+    if args.json or args.action == "status":
+        print(json.dumps(result, indent=None if args.json else 2))
+    elif args.action == "start":
+        print(f"session {result['session_id']} started for patient {result['patient_id']} "
+              f"(stops by itself after {result['max_duration_s'] / 60:.0f} min)")
+    else:
+        print(f"session {result['session_id']} {result['state']} after {result.get('duration_s', 0):.0f} s, "
+              f"{result.get('windows', 0)} windows stored")
+    return 0
+
+
+def _minutes(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number of minutes: {text!r}") from None
+    if not 0.05 <= value <= 720:
+        raise argparse.ArgumentTypeError(f"must be between 0.05 and 720 minutes (got {text})")
+    return value
 
 
 def cmd_fetch_models(args: argparse.Namespace) -> int:
@@ -180,7 +239,8 @@ def build_parser() -> argparse.ArgumentParser:
     speech.set_defaults(func=cmd_eval)
 
     validate = sub.add_parser("validate-config", help="check a config file and exit")
-    validate.add_argument("config", nargs="?", default="/etc/affectbox/config.toml")
+    validate.add_argument("config", nargs="?", default=None)
+    validate.add_argument("--config", dest="config_option", help="the config file (same as the positional one)")
     validate.set_defaults(func=cmd_validate_config)
 
     show = sub.add_parser("show-config", help="print every setting with its default (or a file's values)")
@@ -199,6 +259,31 @@ def build_parser() -> argparse.ArgumentParser:
 
     fetch = sub.add_parser("fetch-models", help="fetch and verify third-party model files (set-up time)")
     fetch.set_defaults(func=cmd_fetch_models)
+
+    run = sub.add_parser("run", help="run the appliance daemon (camera, microphone, sessions; systemd service)")
+    run.add_argument("--config", help=f"TOML config file (default: {DEFAULT_CONFIG} if present, else defaults)")
+    run.add_argument("--replay", metavar="VIDEO", help="feed the daemon from this file at real-time pace instead "
+                                                       "of the camera (and its audio track instead of the mic)")
+    run.add_argument("--audio", metavar="FILE", help="with --replay: a separate audio file for the microphone")
+    run.add_argument("--loop", action="store_true", help="with --replay: start the files again at their end")
+    run.add_argument("--patient", help="start a session for this opaque patient id at once (demos, tests)")
+    run.add_argument("--verbose", action="store_true", help="debug logging")
+    run.set_defaults(func=cmd_run)
+
+    session = sub.add_parser("session", help="start, stop or inspect the running daemon's session")
+    session_sub = session.add_subparsers(dest="action", required=True, metavar="ACTION")
+    for action, text in (("start", "start a session"), ("stop", "stop the running session"),
+                         ("status", "print the daemon's status as JSON")):
+        part = session_sub.add_parser(action, help=text)
+        if action == "start":
+            part.add_argument("--patient", required=True, help="the patient's opaque id (A-Z a-z 0-9 . _ -)")
+            part.add_argument("--consent", action="store_true", help="the patient has consented to this session")
+            part.add_argument("--max-minutes", type=_minutes, help="stop by itself after this many minutes "
+                                                                   "(at most session.max_duration_minutes)")
+        part.add_argument("--config", help=f"TOML config file (default: {DEFAULT_CONFIG} if present)")
+        part.add_argument("--socket", help="the daemon's control socket (default: control.socket from the config)")
+        part.add_argument("--json", action="store_true", help="print the answer as one JSON line")
+        part.set_defaults(func=cmd_session)
     return parser
 
 

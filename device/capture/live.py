@@ -90,8 +90,10 @@ class BoundedLatest(Generic[T]):
     """A bounded, thread-safe queue that drops its oldest item instead of blocking."""
 
     def __init__(self, maxsize: int = 1) -> None:
-        if not 1 <= maxsize <= 2:
-            raise ValueError(f"maxsize must be 1 or 2 (got {maxsize})")
+        # video keeps only the newest frame or two; audio keeps a few seconds of blocks, because a
+        # gap in audio cuts an utterance while a skipped frame costs nothing
+        if not 1 <= maxsize <= 10_000:
+            raise ValueError(f"maxsize must be between 1 and 10000 (got {maxsize})")
         self.maxsize = maxsize
         self._items: collections.deque[T] = collections.deque()
         self._cond = threading.Condition()

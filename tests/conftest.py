@@ -82,3 +82,12 @@ def make_face_video(path: Path, astronaut_bgr: np.ndarray, fps: float = 15.0, si
 @pytest.fixture(scope="session")
 def face_video(tmp_path_factory: pytest.TempPathFactory, astronaut_bgr: np.ndarray) -> SyntheticVideo:
     return make_face_video(tmp_path_factory.mktemp("media") / "session.avi", astronaut_bgr)
+
+
+@pytest.fixture(scope="session")
+def av_session(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """A 24 s 640x480 video with an audio track: face in 0-10 s and 14-24 s, speech at 1, 7, 13, 19 s."""
+    from tests.media import write_av_session
+
+    folder = tmp_path_factory.mktemp("av-session")
+    return write_av_session(folder / "session.mkv", 24.0, [1.0, 7.0, 13.0, 19.0], [(0.0, 10.0), (14.0, 24.0)])

@@ -1,0 +1,163 @@
+"""The real daemon end to end: `affectbox run --replay` as a subprocess on generated media.
+
+systemd is replaced only by a test notify socket: READY, STATUS, WATCHDOG and STOPPING arrive
+as they would under `Type=notify`. Sessions are driven through the real CLI and control socket,
+and the local record is read back with the store, read-only.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+import pytest
+
+from device.store import Store
+from tests.daemon_harness import DaemonProcess, wait_until, write_config
+
+pytestmark = pytest.mark.timeout(240)
+
+
+def stored(db: Path) -> Store:
+    return Store.open(db, readonly=True)
+
+
+def window_count(db: Path, session_id: str) -> int:
+    if not db.exists():
+        return 0
+    with stored(db) as store:
+        return store.session(session_id).windows
+
+
+def test_session_from_the_cli_is_stored_with_a_summary(tmp_path: Path, av_session):
+    daemon = DaemonProcess(tmp_path, av_session["path"], loop=True)
+    try:
+        daemon.wait_ready()
+        status = daemon.status()
+        assert status["state"] == "idle" and status["device"]["id"] == "test-device"
+        assert {m["name"] for m in status["models"]} == {
+            "blazeface_short_range", "affectbox_face_expression", "affectbox_speech_emotion"}
+        # the watchdog is petted while every stage is fresh (WATCHDOG_USEC = 1 s: a ping every 0.5 s)
+        assert wait_until(lambda: len(daemon.notify.times("WATCHDOG=1")) >= 3, 10)
+
+        started = daemon.session("start", "--patient", "p-0042", "--consent")
+        assert started["patient_id"] == "p-0042"
+        refused = daemon.cli("session", "start", "--patient", "p-0043", check=False)
+        assert refused.returncode != 0 and "already running" in refused.stderr
+        assert len(refused.stderr.strip().splitlines()) == 1
+        db = tmp_path / "state" / "affectbox.db"
+        assert wait_until(lambda: window_count(db, started["session_id"]) >= 5, 60), daemon.log()
+        live = daemon.status()
+        assert live["state"] == "running" and live["session"]["session_id"] == started["session_id"]
+        assert live["components"]["face"]["analysed"] > 0 and live["components"]["speech"]["analysed"] > 0
+        ended = daemon.session("stop")
+        assert ended["state"] == "ended" and ended["windows"] >= 5
+        assert daemon.status()["state"] == "idle"
+        assert any(line.startswith("STATUS=") for line in daemon.notify.lines())
+    finally:
+        code = daemon.terminate()
+    assert code == 0, daemon.log()
+    assert daemon.notify.lines("STOPPING=1")
+    with stored(db) as store:
+        record = store.session(started["session_id"])
+        assert record.state == "ended" and record.consent and record.windows == ended["windows"]
+        summary = store.summary(record.id)
+        assert summary is not None and summary.summary["windows"] == record.windows
+        windows = store.windows(record.id)
+        assert [w["index"] for w in windows] == list(range(len(windows)))
+        assert any(w.get("dominant") for w in windows)
+        assert any("speech" in w["modalities"] for w in windows) and any("face" in w["modalities"] for w in windows)
+        assert store.integrity_check()
+    # privacy: nothing but the SQLite files (and the device id) in the state folder
+    names = {p.name for p in (tmp_path / "state").rglob("*") if p.is_file()}
+    assert names <= {"affectbox.db", "affectbox.db-wal", "affectbox.db-shm", "device-id"}, names
+
+
+def test_sigterm_ends_a_running_session_as_interrupted(tmp_path: Path, av_session):
+    daemon = DaemonProcess(tmp_path, av_session["path"], loop=True, extra_args=("--patient", "p-7"))
+    db = tmp_path / "state" / "affectbox.db"
+    daemon.wait_ready()
+    session_id = wait_until(lambda: (daemon.status().get("session") or {}).get("session_id"), 30)
+    assert session_id
+    assert wait_until(lambda: window_count(db, session_id) >= 2, 60), daemon.log()
+    began = time.monotonic()
+    code = daemon.terminate()
+    assert code == 0 and time.monotonic() - began < 8, daemon.log()
+    with stored(db) as store:
+        record = store.session(session_id)
+        assert record.state == "interrupted" and "SIGTERM" in (record.end_reason or "")
+        assert record.windows >= 2 and store.summary(session_id) is not None
+
+
+def test_watchdog_stops_when_a_stage_is_stuck(tmp_path: Path, av_session):
+    daemon = DaemonProcess(tmp_path, av_session["path"], loop=True, faults="stall:face@6")
+    try:
+        daemon.wait_ready()
+        assert wait_until(lambda: len(daemon.notify.times("WATCHDOG=1")) >= 2, 10)
+        # the face stage stops beating at 6 s; 5 s later it is stale and the petting stops
+        assert wait_until(lambda: any("stalled: face" in m for m in daemon.notify.lines("STATUS=")), 30), \
+            daemon.notify.lines()
+        stalled_at = time.monotonic()
+        time.sleep(3)
+        assert [t for t in daemon.notify.times("WATCHDOG=1") if t > stalled_at + 0.2] == []
+        status = daemon.status()
+        assert status["components"]["face"]["state"] == "failed" and status["watchdog"]["stalled"] == ["face"]
+    finally:
+        daemon.kill()
+
+
+def test_kill_9_mid_session_keeps_every_stored_window(tmp_path: Path, av_session):
+    config = write_config(tmp_path)
+    db = tmp_path / "state" / "affectbox.db"
+    first = DaemonProcess(tmp_path, av_session["path"], config=config, loop=True, extra_args=("--patient", "p-9"))
+    first.wait_ready()
+    session_id = wait_until(lambda: (first.status().get("session") or {}).get("session_id"), 30)
+    assert wait_until(lambda: window_count(db, session_id) >= 3, 60), first.log()
+    first.kill()
+    with stored(db) as store:
+        before = store.windows(session_id)
+        assert store.session(session_id).state == "running" and len(before) >= 3
+
+    second = DaemonProcess(tmp_path, av_session["path"], config=config, loop=True)
+    try:
+        second.wait_ready()
+        status = second.status()
+        assert status["recovered_sessions"] == [session_id] and status["state"] == "idle"
+    finally:
+        assert second.terminate() == 0
+    with stored(db) as store:
+        assert store.integrity_check()
+        record = store.session(session_id)
+        assert record.state == "interrupted"
+        assert store.windows(session_id) == before
+        summary = store.summary(session_id)
+        assert summary is not None and summary.summary.get("recovered") is True
+
+
+@pytest.mark.parametrize("fault", ["camera-gone", "camera-stall"])
+def test_camera_loss_degrades_to_audio_and_recovers(tmp_path: Path, av_session, fault: str):
+    daemon = DaemonProcess(tmp_path, av_session["path"], loop=True, faults=f"{fault}@8+6",
+                           extra_args=("--patient", "p-cam"))
+    try:
+        daemon.wait_ready()
+        degraded = wait_until(lambda: (s := daemon.status())["components"]["camera"]["state"] == "degraded" and s, 30)
+        assert degraded, daemon.log()
+        assert degraded["state"] == "running" and degraded["health"] == "degraded"
+        assert degraded["components"]["microphone"]["state"] == "ok"
+        speech_before = degraded["components"]["speech"]["analysed"]
+        time.sleep(2)
+        during = daemon.status()
+        assert during["components"]["speech"]["analysed"] > speech_before  # audio goes on
+        recovered = wait_until(lambda: (s := daemon.status())["components"]["camera"]["state"] == "ok" and s, 30)
+        assert recovered, daemon.log()
+        assert recovered["components"]["camera"]["reopens"] >= 1 and recovered["state"] == "running"
+        frames = recovered["components"]["face"]["analysed"]
+        assert wait_until(lambda: daemon.status()["components"]["face"]["analysed"] > frames + 5, 10)
+        ended = daemon.session("stop")
+    finally:
+        assert daemon.terminate() == 0
+    with stored(tmp_path / "state" / "affectbox.db") as store:
+        windows = store.windows(ended["session_id"])
+    no_face = [w for w in windows if "face" not in w["modalities"]]
+    assert no_face, json.dumps(windows)[:2000]  # the outage left windows without the face modality

@@ -161,3 +161,101 @@ def test_camera_loss_degrades_to_audio_and_recovers(tmp_path: Path, av_session, 
         windows = store.windows(ended["session_id"])
     no_face = [w for w in windows if "face" not in w["modalities"]]
     assert no_face, json.dumps(windows)[:2000]  # the outage left windows without the face modality
+
+
+@pytest.fixture(scope="module")
+def blank_video(tmp_path_factory) -> Path:
+    """12 s of an empty grey room at 10 fps, no audio track: no face, no speech."""
+    import cv2
+    import numpy as np
+
+    path = tmp_path_factory.mktemp("blank") / "blank.avi"
+    writer = cv2.VideoWriter(str(path), cv2.VideoWriter.fourcc(*"MJPG"), 10, (320, 240))
+    for _ in range(120):
+        writer.write(np.full((240, 320, 3), 90, dtype=np.uint8))
+    writer.release()
+    return path
+
+
+def test_session_limits_stop_a_session_by_themselves(tmp_path: Path, av_session, blank_video):
+    # maximum duration, asked for at start (0.1 min = 6 s)
+    daemon = DaemonProcess(tmp_path / "a", av_session["path"], config=write_config(mkdir(tmp_path / "a")), loop=True)
+    try:
+        daemon.wait_ready()
+        started = daemon.session("start", "--patient", "p-max", "--max-minutes", "0.1")
+        assert started["max_duration_s"] == pytest.approx(6.0)
+        assert wait_until(lambda: daemon.status()["state"] == "idle", 30)
+    finally:
+        assert daemon.terminate() == 0
+    with stored(tmp_path / "a" / "state" / "affectbox.db") as store:
+        record = store.session(started["session_id"])
+    assert record.state == "ended" and "maximum duration" in record.end_reason
+    assert 5.5 <= record.duration_s <= 9.0
+
+    # auto-stop after 0.05 min (3 s) with neither a face nor speech; camera only (no audio track)
+    folder = mkdir(tmp_path / "b")
+    config = write_config(folder)
+    config.write_text(config.read_text().replace("[session]\n", "[session]\nauto_stop_minutes = 0.05\n"))
+    daemon = DaemonProcess(folder, blank_video, config=config, loop=True, extra_args=("--patient", "p-auto"))
+    try:
+        daemon.wait_ready()
+        status = daemon.status()
+        assert status["components"]["microphone"]["state"] == "off"
+        assert wait_until(lambda: daemon.status()["state"] == "idle", 30)
+    finally:
+        assert daemon.terminate() == 0
+    with stored(folder / "state" / "affectbox.db") as store:
+        (record,) = store.sessions()
+    assert record.state == "ended" and "no face or speech" in record.end_reason
+
+
+def test_consent_required_and_bad_requests_get_one_line_errors(tmp_path: Path, av_session):
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace("[session]\n", "[session]\nconsent_required = true\n"))
+    daemon = DaemonProcess(tmp_path, av_session["path"], config=config, loop=True)
+    try:
+        daemon.wait_ready()
+        for args, message in ((("start", "--patient", "p-1"), "consent"),
+                              (("start", "--patient", "../etc/passwd", "--consent"), "patient id"),
+                              (("stop",), "no session is running")):
+            result = daemon.cli("session", *args, check=False)
+            assert result.returncode != 0 and message in result.stderr, result.stderr
+            assert len(result.stderr.strip().splitlines()) == 1 and "Traceback" not in result.stderr
+        bad = daemon.cli("session", "start", "--patient", "p-1", "--consent", "--max-minutes", "abc", check=False)
+        assert bad.returncode == 2 and "minutes" in bad.stderr
+        assert daemon.status()["state"] == "idle"
+    finally:
+        assert daemon.terminate() == 0
+    assert not (tmp_path / "state" / "affectbox.db").exists() or _no_sessions(tmp_path / "state" / "affectbox.db")
+
+
+def test_debug_recording_writes_private_files_only_when_enabled(tmp_path: Path, av_session):
+    config = write_config(tmp_path)
+    config.write_text(config.read_text().replace(
+        "[session]\n", "[session]\ndebug_recording = true\ndebug_recording_max_minutes = 0.5\n"))
+    daemon = DaemonProcess(tmp_path, av_session["path"], config=config, loop=True)
+    try:
+        daemon.wait_ready()
+        started = daemon.session("start", "--patient", "p-dbg")
+        time.sleep(4)
+        daemon.session("stop")
+    finally:
+        assert daemon.terminate() == 0
+    assert "debug recording" in daemon.log().lower()
+    folder = tmp_path / "state" / "debug"
+    files = sorted(p.name for p in folder.iterdir())
+    assert files == [f"{started['session_id']}-audio.wav", f"{started['session_id']}-video.avi"]
+    assert oct(folder.stat().st_mode & 0o777) == "0o700"
+    for name in files:
+        path = folder / name
+        assert path.stat().st_mode & 0o077 == 0 and path.stat().st_size > 1000
+
+
+def mkdir(path: Path) -> Path:
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def _no_sessions(db: Path) -> bool:
+    with stored(db) as store:
+        return store.sessions() == []

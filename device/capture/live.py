@@ -487,8 +487,11 @@ def resample_block(pcm: np.ndarray, n: int) -> np.ndarray:
 class _Paced:
     """Release items at anchor + media time, so a file plays at real-time pace."""
 
-    def __init__(self, realtime: bool) -> None:
+    def __init__(self, realtime: bool, speed: float = 1.0) -> None:
+        if not 0.1 <= speed <= 100:
+            raise CaptureError(f"replay speed must be between 0.1 and 100 (got {speed})")
         self.realtime = realtime
+        self.speed = speed  # > 1 plays faster (soak tests); item times are compressed alike
         self._anchor: float | None = None
         self._closed = threading.Event()
 
@@ -499,6 +502,7 @@ class _Paced:
     def _due(self, media_t: float) -> float:
         """Wait until the item at `media_t` is due; its monotonic time."""
         now = time.monotonic()
+        media_t = media_t / self.speed
         if self._anchor is None:
             self._anchor = now - media_t
         target = self._anchor + media_t
@@ -510,8 +514,8 @@ class _Paced:
 class ReplayCamera(_Paced):
     """Frames of a video file (VideoFileSource) released at media time; `EndOfStream` at its end."""
 
-    def __init__(self, path: str | Path, realtime: bool = True, fps: float = 15.0) -> None:
-        super().__init__(realtime)
+    def __init__(self, path: str | Path, realtime: bool = True, fps: float = 15.0, speed: float = 1.0) -> None:
+        super().__init__(realtime, speed)
         from device.capture.video_file import VideoFileSource
 
         self._factory = VideoFileSource
@@ -541,8 +545,8 @@ class ReplayCamera(_Paced):
 class ReplayMicrophone(_Paced):
     """Blocks of an audio file (AudioFileSource) released at real-time pace; `EndOfStream` at its end."""
 
-    def __init__(self, path: str | Path, block_ms: int = 30, realtime: bool = True) -> None:
-        super().__init__(realtime)
+    def __init__(self, path: str | Path, block_ms: int = 30, realtime: bool = True, speed: float = 1.0) -> None:
+        super().__init__(realtime, speed)
         from device.capture.audio_file import AudioFileSource
 
         self.path = Path(path)

@@ -88,12 +88,13 @@ class Daemon:
     """The running appliance; also the object the status page, the hub and the socket control."""
 
     def __init__(self, config: Config, *, replay_video: str | Path | None = None,
-                 replay_audio: str | Path | None = None, replay_loop: bool = False,
+                 replay_audio: str | Path | None = None, replay_loop: bool = False, replay_speed: float = 1.0,
                  notifier: SystemdNotifier | None = None) -> None:
         self.config = config
         self.replay_video = Path(replay_video) if replay_video else None
         self.replay_audio = Path(replay_audio) if replay_audio else None
         self.replay_loop = replay_loop
+        self.replay_speed = replay_speed
         self.notifier = notifier or SystemdNotifier()
         self.heartbeats = Heartbeats()
         self.faults = Faults.from_environment()
@@ -126,7 +127,8 @@ class Daemon:
             info = probe_media(self.replay_video)
             if not info.has_video:
                 return None
-            backend: Backend = ReplayCamera(self.replay_video, realtime=True, fps=capture.fps)
+            backend: Backend = ReplayCamera(self.replay_video, realtime=True, fps=capture.fps,
+                                             speed=self.replay_speed)
         elif capture.camera == "none":
             return None
         else:
@@ -155,7 +157,7 @@ class Daemon:
                 path = self.replay_video if probe_media(self.replay_video).has_audio else None
             if path is None:
                 return None
-            backend: Backend = ReplayMicrophone(path, block_ms, realtime=True)
+            backend: Backend = ReplayMicrophone(path, block_ms, realtime=True, speed=self.replay_speed)
             if self.replay_loop:
                 backend = Looping(backend)
         elif capture.microphone == "none":
@@ -489,10 +491,12 @@ def configure_logging(verbose: bool = False) -> None:
 
 
 def run_daemon(config: Config, *, replay_video: str | None = None, replay_audio: str | None = None,
-               replay_loop: bool = False, patient: str | None = None, verbose: bool = False) -> int:
+               replay_loop: bool = False, replay_speed: float = 1.0, patient: str | None = None,
+               verbose: bool = False) -> int:
     """The body of `affectbox run`: returns the exit status."""
     configure_logging(verbose)
-    daemon = Daemon(config, replay_video=replay_video, replay_audio=replay_audio, replay_loop=replay_loop)
+    daemon = Daemon(config, replay_video=replay_video, replay_audio=replay_audio, replay_loop=replay_loop,
+                    replay_speed=replay_speed)
     signal.signal(signal.SIGTERM, daemon.request_stop)
     signal.signal(signal.SIGINT, daemon.request_stop)
     try:

@@ -259,3 +259,31 @@ def mkdir(path: Path) -> Path:
 def _no_sessions(db: Path) -> bool:
     with stored(db) as store:
         return store.sessions() == []
+
+
+def test_bad_replay_file_and_truncated_model_refuse_to_start_in_one_line(tmp_path: Path, av_session):
+    import shutil
+    import subprocess
+    import sys
+
+    from tests.daemon_harness import ROOT
+
+    text = tmp_path / "notes.mkv"
+    text.write_text("this is not a video\n")
+    config = write_config(tmp_path)
+    result = subprocess.run([sys.executable, "-m", "device", "run", "--config", str(config), "--replay", str(text)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60, check=False)
+    assert result.returncode != 0 and str(text) in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1, result.stderr
+
+    models = tmp_path / "models"
+    shutil.copytree(ROOT / "models", models, ignore=shutil.ignore_patterns("training"))
+    model = models / "face_expression_int8.tflite"
+    model.write_bytes(model.read_bytes()[: model.stat().st_size // 2])
+    config.write_text(config.read_text() + f'[runtime]\nmodels_dir = "{models}"\n')
+    result = subprocess.run([sys.executable, "-m", "device", "run", "--config", str(config), "--replay",
+                             str(av_session["path"])], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                            check=False)
+    assert result.returncode != 0 and "face_expression_int8.tflite" in result.stderr, result.stderr
+    assert "sha256" in result.stderr and "Traceback" not in result.stderr
+    assert not (tmp_path / "state" / "affectbox.db").exists()  # refused before touching the record

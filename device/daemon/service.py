@@ -21,6 +21,7 @@ from __future__ import annotations
 import logging
 import os
 import signal
+import sys
 import threading
 import time
 from pathlib import Path
@@ -442,7 +443,9 @@ class Daemon:
                 throttled = pi.get("throttled")
                 self.hub.set_status(
                     state=status["state"], session_id=(status["session"] or {}).get("session_id"),
-                    components={k: {"state": v["state"], "detail": str(v.get("detail", ""))[:200]}
+                    # the contract's components carry `ok` (status.schema.json); healthy as in `health` above
+                    components={k: {"ok": v["state"] not in ("failed", "degraded"),
+                                    "detail": str(v.get("detail", ""))[:200]}
                                 for k, v in status["components"].items()},
                     uptime_s=status["uptime_s"], temperature_c=pi.get("cpu_temperature_c"),
                     throttled=None if throttled is None else bool(throttled.get("throttled_now")
@@ -480,10 +483,10 @@ def configure_logging(verbose: bool = False) -> None:
 
             handler = JournalHandler(SYSLOG_IDENTIFIER="affectbox")
         except ImportError:
-            handler = logging.StreamHandler()
+            handler = logging.StreamHandler(sys.stdout)
             handler.setFormatter(logging.Formatter("%(levelname)s %(name)s: %(message)s"))
     else:
-        handler = logging.StreamHandler()
+        handler = logging.StreamHandler(sys.stdout)
         handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s %(name)s: %(message)s"))
     root = logging.getLogger()
     root.handlers[:] = [handler]

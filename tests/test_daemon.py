@@ -137,7 +137,7 @@ def test_kill_9_mid_session_keeps_every_stored_window(tmp_path: Path, av_session
 
 @pytest.mark.parametrize("fault", ["camera-gone", "camera-stall"])
 def test_camera_loss_degrades_to_audio_and_recovers(tmp_path: Path, av_session, fault: str):
-    daemon = DaemonProcess(tmp_path, av_session["path"], loop=True, faults=f"{fault}@8+6",
+    daemon = DaemonProcess(tmp_path, av_session["path"], loop=True, faults=f"{fault}@14+6",
                            extra_args=("--patient", "p-cam"))
     try:
         daemon.wait_ready()

@@ -311,6 +311,9 @@ class HubClient:
         self._stopping = threading.Event()
         self._pending_commands = 0
         self._pending_lock = threading.Lock()
+        # the connect sequence (retained state, then `online`, then connected) against set_info/set_status:
+        # a change made while it runs is published after it, never lost until the next change
+        self._retained_lock = threading.Lock()
         self._info: dict[str, Any] | None = None
         self._status: dict[str, Any] = {"state": "idle"}
         self._client: _PahoClient | None = None
@@ -443,18 +446,23 @@ class HubClient:
     def set_info(self, *, models: list[Mapping[str, Any]] | tuple[Mapping[str, Any], ...] = (),
                  capabilities: tuple[str, ...] | list[str] = (), window_seconds: float | None = None) -> None:
         """The retained `info` (republished on every connect); published now if connected."""
-        self._info = {"models": list(models), "capabilities": list(capabilities), "window_seconds": window_seconds}
-        if self._connected.is_set() and self._client is not None:
-            self._publish_retained(self._client, self.topics.info, self._info_payload())
+        with self._retained_lock:
+            self._info = {"models": list(models), "capabilities": list(capabilities),
+                          "window_seconds": window_seconds}
+            client = self._client if self._connected.is_set() else None
+        if client is not None:
+            self._publish_retained(client, self.topics.info, self._info_payload())
 
     def set_status(self, *, state: str, session_id: str | None = None,
                    components: Mapping[str, Mapping[str, Any]] | None = None, uptime_s: float | None = None,
                    temperature_c: float | None = None, throttled: bool | None = None) -> None:
         """The retained `status` (with the outbox's counters added); published now if connected."""
-        self._status = {"state": state, "session_id": session_id, "components": dict(components or {}),
-                        "uptime_s": uptime_s, "temperature_c": temperature_c, "throttled": throttled}
-        if self._connected.is_set() and self._client is not None:
-            self._publish_retained(self._client, self.topics.status, self._status_payload())
+        with self._retained_lock:
+            self._status = {"state": state, "session_id": session_id, "components": dict(components or {}),
+                            "uptime_s": uptime_s, "temperature_c": temperature_c, "throttled": throttled}
+            client = self._client if self._connected.is_set() else None
+        if client is not None:
+            self._publish_retained(client, self.topics.status, self._status_payload())
 
     def publish_session(self, session_id: str, event: str, *, patient_id: str | None = None,
                         reason: str | None = None, duration_s: float | None = None, windows: int | None = None,
@@ -536,18 +544,19 @@ class HubClient:
                 qos=1, noLocal=True, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND))
         else:
             client.subscribe(self.topics.commands, qos=1)
-        try:
-            if self._info is not None:
-                self._publish_retained(client, self.topics.info, self._info_payload())
-            self._publish_retained(client, self.topics.status, self._status_payload())
-        except AffectboxError as exc:  # the outbox file failed (numbering): still announce availability
-            self._problem(f"hub: cannot build the retained state: {exc}")
-        client.publish(self.topics.availability, payloads.AVAILABILITY_ONLINE, qos=1, retain=True)
+        with self._retained_lock:
+            try:
+                if self._info is not None:
+                    self._publish_retained(client, self.topics.info, self._info_payload())
+                self._publish_retained(client, self.topics.status, self._status_payload())
+            except AffectboxError as exc:  # the outbox file failed (numbering): still announce availability
+                self._problem(f"hub: cannot build the retained state: {exc}")
+            client.publish(self.topics.availability, payloads.AVAILABILITY_ONLINE, qos=1, retain=True)
+            self._connected.set()
         self.last_error = None
         self._limited.flush()
         self._log.info("hub: connected to %s:%d as %s (%s%s)", self.config.host, self.port, self.client_id,
                        self.config.protocol, ", TLS" if self._ssl_context else "")
-        self._connected.set()
         self._events.put(("connected", self._epoch))
 
     def _on_connect_fail(self, client: mqtt.Client, userdata: Any) -> None:

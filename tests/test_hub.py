@@ -398,6 +398,13 @@ def test_plaintext_to_non_loopback_host_is_refused(tmp_path: Path):
                       RecordingHandler())
         with pytest.raises(HubError, match="device id"):
             HubClient(hub_config(1883), "dev/1", None, outbox, RecordingHandler())
+        loose = tmp_path / "pw"
+        loose.write_text("s3cret-password\n")
+        loose.chmod(0o644)
+        with pytest.raises(HubError, match="readable or writable by other users") as err:
+            HubClient(hub_config(1883, username="u", password_file="pw"), "dev-1", tmp_path, outbox,
+                      RecordingHandler())
+        assert "s3cret" not in str(err.value) and "chmod 600" in str(err.value)
 
 
 # ---- outbox (no broker) ----------------------------------------------------------------------------------------
@@ -803,6 +810,8 @@ def test_tls_with_client_certificate_and_password(tls_broker: Broker, tmp_path: 
         folder.mkdir()
         (folder / "mqtt-password").write_text(password)
         shutil.copy(pki / "client.key", folder / "device.key")
+        for secret in folder.iterdir():
+            secret.chmod(0o600)
     config = hub_config(tls_broker.port, tls="on", ca_file=str(pki / "ca.crt"), cert_file=str(pki / "client.crt"),
                         key_file="device.key", username="dev-tls", password_file="mqtt-password")
     tls = {"ca": str(pki / "ca.crt"), "cert": str(pki / "client.crt"), "key": str(pki / "client.key")}

@@ -67,6 +67,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from device import __version__
 from device.config import HUB_COMMANDS, HUB_DEFAULT_PORTS, HubConfig, hub_config_problems
+from device.credentials import CredentialError, check_secret_permissions
 from device.errors import AffectboxError, HubError
 from device.hub import payloads
 from device.hub.outbox import Outbox
@@ -330,6 +331,10 @@ class HubClient:
         path = self._secrets_dir / name
         if not path.is_file():
             raise HubError(f"hub: the {what} credential file {path} does not exist")
+        try:
+            check_secret_permissions(path, f"{what} credential")
+        except CredentialError as exc:
+            raise HubError(f"hub: {exc}") from None
         return path
 
     def _read_secret(self, name: str, what: str) -> str:

@@ -78,8 +78,13 @@ def test_bounded_latest_drops_oldest_and_counts() -> None:
     assert time.monotonic() - t0 < 1.0
     threading.Timer(0.05, q.put, args=(9,)).start()
     assert q.get(2.0) == 9
-    with pytest.raises(ValueError):
-        BoundedLatest(3)
+    for bad in (0, 10_001):
+        with pytest.raises(ValueError):
+            BoundedLatest(bad)
+    audio = BoundedLatest(200)  # the daemon's audio queue: a few seconds of blocks
+    for i in range(205):
+        audio.put(i)
+    assert len(audio) == 200 and audio.dropped == 5 and audio.get(0) == 5
 
 
 def test_capture_thread_delivers_items_and_heartbeats() -> None:

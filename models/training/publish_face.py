@@ -2,11 +2,11 @@
 
     python models/training/publish_face.py --work build/face-train --models models
 
-Reads `<work>/face_expression_int8.tflite` and `<work>/metrics.json` (written by
-train_face.py's evaluate stage) and writes `models/face_expression_int8.tflite` and
-`models/face_expression.json`: file, sha256, input/output contract read from the interpreter,
-labels, calibration temperature, headline metrics, training data and licence. Needs only
-numpy and ai-edge-litert.
+Reads `<work>/face_expression_int8.tflite` and `<work>/metrics.json` (written by the evaluate
+stage of train_face.py or soup_face.py; a `<work>/soup.json` is recorded too) and writes
+`models/face_expression_int8.tflite` and `models/face_expression.json`: file, sha256,
+input/output contract read from the interpreter, labels, calibration temperature, headline
+metrics, training data and licence. Needs only numpy and ai-edge-litert.
 """
 
 from __future__ import annotations
@@ -72,6 +72,16 @@ def main() -> None:
         },
         "model_card": "MODEL_CARD_face.md",
     }
+    soup_file = work / "soup.json"
+    if soup_file.is_file():  # written by soup_face.py: averaged checkpoints, BatchNorm re-estimated
+        soup = json.loads(soup_file.read_text())
+        manifest["training"]["code"] = "models/training/train_face.py, models/training/soup_face.py"
+        manifest["training"]["soup"] = {
+            "checkpoints": [Path(w["path"]).parent.name + "/" + Path(w["path"]).name for w in soup["weights"]],
+            "coefficients": soup["coefficients"],
+            "batchnorm_reestimated_on": (f"{soup['batchnorm']['images']} un-augmented FER2013 training faces"
+                                         if soup.get("batchnorm") else None),
+        }
     (models / "face_expression.json").write_text(json.dumps(manifest, indent=2) + "\n")
     print(f"published {target} ({manifest['size_bytes']} bytes, sha256 {manifest['sha256'][:12]})")
 

@@ -159,8 +159,10 @@ def cmd_run(args: argparse.Namespace) -> int:
         if path:
             check_media_path(Path(path))
     config = _daemon_config(args.config)
+    if args.speed != 1.0 and not args.replay:
+        raise AffectboxError("--speed is only used with --replay VIDEO")
     return run_daemon(config, replay_video=args.replay, replay_audio=args.audio, replay_loop=args.loop,
-                      patient=args.patient, verbose=args.verbose)
+                      replay_speed=args.speed, patient=args.patient, verbose=args.verbose)
 
 
 def cmd_session(args: argparse.Namespace) -> int:
@@ -266,6 +268,8 @@ def build_parser() -> argparse.ArgumentParser:
                                                        "of the camera (and its audio track instead of the mic)")
     run.add_argument("--audio", metavar="FILE", help="with --replay: a separate audio file for the microphone")
     run.add_argument("--loop", action="store_true", help="with --replay: start the files again at their end")
+    run.add_argument("--speed", type=float, default=1.0, help="with --replay: play this many times faster than "
+                                                              "real time (soak tests; session times shrink alike)")
     run.add_argument("--patient", help="start a session for this opaque patient id at once (demos, tests)")
     run.add_argument("--verbose", action="store_true", help="debug logging")
     run.set_defaults(func=cmd_run)
@@ -284,6 +288,11 @@ def build_parser() -> argparse.ArgumentParser:
         part.add_argument("--socket", help="the daemon's control socket (default: control.socket from the config)")
         part.add_argument("--json", action="store_true", help="print the answer as one JSON line")
         part.set_defaults(func=cmd_session)
+
+    # `provision` and `selftest` (the installer's commands) live in device/cli_setup.py
+    from device.cli_setup import add_setup_commands
+
+    add_setup_commands(sub)
     return parser
 
 

@@ -265,11 +265,13 @@ class Daemon:
         password_hash = None
         folder = credentials_dir()
         name = self.config.web.password_file
-        if folder is not None and name and (folder / name).is_file():
-            password_hash = read_secret(folder / name, "status page password")
+        path = folder / name if folder is not None and name else None
+        # an unprovisioned device gets a credential holding only a newline (systemd needs the file)
+        if path is not None and path.is_file() and path.read_bytes().strip():
+            password_hash = read_secret(path, "status page password")
         else:
-            log.warning("status page: no password credential %r (run `affectbox provision`); login is disabled",
-                        name)
+            log.warning("status page: no password set (credential %r; run `affectbox provision`): login is "
+                        "disabled until then", name)
         app = create_app(self, password_hash=password_hash)
         self.web = WebServer(app, self.config.web.bind, self.config.web.port)
         self.web.start()

@@ -43,7 +43,7 @@ from device.capture.live import (
 )
 from device.capture.probe import probe_media
 from device.config import Config
-from device.credentials import credentials_dir, read_secret
+from device.credentials import credentials_dir
 from device.daemon.control import ControlServer
 from device.daemon.debug_recording import DebugRecording
 from device.daemon.faults import Faults
@@ -257,24 +257,11 @@ class Daemon:
 
     def _start_web(self) -> None:
         try:
-            from device.web.app import create_app
-            from device.web.server import WebServer
+            from device.web.server import load_password_hash, start_status_page
         except ImportError as exc:  # the page is optional; the daemon works without it
             log.warning("status page not available (%s)", exc)
             return
-        password_hash = None
-        folder = credentials_dir()
-        name = self.config.web.password_file
-        path = folder / name if folder is not None and name else None
-        # an unprovisioned device gets a credential holding only a newline (systemd needs the file)
-        if path is not None and path.is_file() and path.read_bytes().strip():
-            password_hash = read_secret(path, "status page password")
-        else:
-            log.warning("status page: no password set (credential %r; run `affectbox provision`): login is "
-                        "disabled until then", name)
-        app = create_app(self, password_hash=password_hash)
-        self.web = WebServer(app, self.config.web.bind, self.config.web.port)
-        self.web.start()
+        self.web = start_status_page(self, password_hash=load_password_hash(self.config.web))
 
     # ---- running ------------------------------------------------------------------------------
 

@@ -250,3 +250,30 @@ def test_no_raw_media_left_after_sessions(tmp_path: Path, av_session):
         rows = store.windows(store.sessions()[0].id)
     assert max(len(json.dumps(r)) for r in rows) < 20_000
     assert shutil.disk_usage(tmp_path).free > 0
+
+
+
+def test_read_only_state_directory_refuses_to_start_in_one_line(tmp_path: Path, av_session, small_disk):
+    """A read-only state folder cannot hold sessions: the daemon says so in one line and exits non-zero
+    (systemd's start limit then stops retrying), leaving what is there untouched. Mid-session a
+    read-only remount is refused by the kernel while SQLite holds the file open for writing, so the
+    mid-session case is the disk-full test above."""
+    import sys
+
+    from tests.daemon_harness import ROOT
+
+    state = small_disk / "state"
+    state.mkdir()
+    (state / "keep.txt").write_text("earlier data\n")
+    subprocess.run(["mount", "-o", "remount,ro", str(small_disk)], check=True)
+    try:
+        config = write_config(tmp_path)
+        config.write_text(config.read_text().replace(str(tmp_path / "state"), str(state)))
+        result = subprocess.run([sys.executable, "-m", "device", "run", "--config", str(config), "--replay",
+                                 str(av_session["path"])], cwd=ROOT, capture_output=True, text=True, timeout=60,
+                                check=False)
+    finally:
+        subprocess.run(["mount", "-o", "remount,rw", str(small_disk)], check=False)
+    assert result.returncode != 0
+    assert len(result.stderr.strip().splitlines()) == 1 and "read-only" in result.stderr.lower(), result.stderr
+    assert (state / "keep.txt").read_text() == "earlier data\n"

@@ -34,39 +34,9 @@ from typing import Any
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from bench.procstat import cpu_model, process_cpu_s, rss_mb  # noqa: E402
 from tests.daemon_harness import DaemonProcess, wait_until, write_config  # noqa: E402
 from tests.media import write_av_session  # noqa: E402
-
-CLOCK_TICKS = os.sysconf("SC_CLK_TCK")
-
-
-def process_cpu_s(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / CLOCK_TICKS  # utime + stime
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def current_rss_mb(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
-
-
-def cpu_model() -> str:
-    try:
-        for line in subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout.splitlines():
-            if line.startswith("Model name:"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
 
 
 def measure_daemon(folder: Path, video: Path, seconds: float, warmup: float) -> dict[str, Any]:
@@ -83,7 +53,7 @@ def measure_daemon(folder: Path, video: Path, seconds: float, warmup: float) -> 
         time.sleep(seconds)
         cpu1, wall1 = process_cpu_s(pid), time.monotonic()
         last = daemon.status()
-        rss_peak, rss_now = peak_rss_mb(pid), current_rss_mb(pid)
+        rss_peak, rss_now = rss_mb(pid, peak=True), rss_mb(pid)
     finally:
         code = daemon.terminate()
     if code != 0:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 import av
@@ -84,13 +84,21 @@ def write_av_session(path: Path, duration: float, speech_at: Sequence[float],
     head = astronaut_head()
     width, height = size
     background = np.full((height, width, 3), 100, dtype=np.uint8)
+    frames = (face_frame(i / fps, head, background, face_spans) for i in range(int(duration * fps)))
+    encode_av(path, frames, pcm, fps, size)
+    return {"path": path, "pcm": pcm, "speech_spans": spans, "face_spans": list(face_spans), "duration": duration}
+
+
+def encode_av(path: Path, frames: Iterable[np.ndarray], pcm: np.ndarray, fps: float,
+              size: tuple[int, int]) -> None:
+    """Write BGR frames (mpeg4) and float PCM at SAMPLE_RATE (flac) into one Matroska file."""
+    width, height = size
     with av.open(str(path), "w") as container:
         video = container.add_stream("mpeg4", rate=int(fps))
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
         audio = container.add_stream("flac", rate=SAMPLE_RATE, layout="mono")
-        for i in range(int(duration * fps)):
-            image = cv2.cvtColor(face_frame(i / fps, head, background, face_spans), cv2.COLOR_BGR2RGB)
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
+        for i, image in enumerate(frames):
+            frame = av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), format="rgb24")
             frame.pts = i
             for packet in video.encode(frame):
                 container.mux(packet)
@@ -105,4 +113,3 @@ def write_av_session(path: Path, duration: float, speech_at: Sequence[float],
                 container.mux(packet)
         for packet in audio.encode():
             container.mux(packet)
-    return {"path": path, "pcm": pcm, "speech_spans": spans, "face_spans": list(face_spans), "duration": duration}

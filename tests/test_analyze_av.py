@@ -2,12 +2,10 @@
 file, and an audio file alone, all generated here (astronaut photo + espeak-ng speech)."""
 
 import json
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-import av
 import cv2
 import numpy as np
 import pytest
@@ -15,6 +13,7 @@ import soundfile
 
 from device.observation import SAMPLE_RATE
 from tests.conftest import HEAD_BOX
+from tests.media import encode_av, session_audio
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -28,30 +27,6 @@ DURATION = 18.0
 FACE_SPANS = [(0.0, 9.0), (12.0, 18.0)]
 
 
-def espeak(text: str, folder: Path) -> np.ndarray:
-    if shutil.which("espeak-ng") is None:
-        pytest.fail("espeak-ng is required (setup.sh --dev installs it)")
-    path = folder / "tmp_espeak.wav"
-    subprocess.run(["espeak-ng", "-w", str(path), text], check=True, capture_output=True)
-    pcm, rate = soundfile.read(path, dtype="float32")
-    positions = np.arange(0, len(pcm) * SAMPLE_RATE / rate) * rate / SAMPLE_RATE
-    pcm = np.interp(positions, np.arange(len(pcm)), pcm).astype(np.float32)
-    loud = np.flatnonzero(np.abs(pcm) > 0.01)
-    return pcm[loud[0] : loud[-1] + 1]
-
-
-def session_audio(folder: Path) -> tuple[np.ndarray, list[tuple[float, float]]]:
-    rng = np.random.default_rng(11)
-    pcm = rng.normal(0, 10 ** (-55 / 20), size=int(DURATION * SAMPLE_RATE)).astype(np.float32)
-    spans = []
-    for text, start in zip(SENTENCES, SPEECH_AT, strict=True):
-        speech = espeak(text, folder) * 0.6
-        i = int(start * SAMPLE_RATE)
-        pcm[i : i + len(speech)] += speech
-        spans.append((start, start + len(speech) / SAMPLE_RATE))
-    return pcm, spans
-
-
 def face_frame(t: float, head: np.ndarray, background: np.ndarray) -> np.ndarray:
     frame = background.copy()
     if any(a <= t < b for a, b in FACE_SPANS):
@@ -63,7 +38,7 @@ def face_frame(t: float, head: np.ndarray, background: np.ndarray) -> np.ndarray
 @pytest.fixture(scope="module")
 def av_media(tmp_path_factory, astronaut_bgr) -> dict:
     folder = tmp_path_factory.mktemp("av")
-    pcm, spans = session_audio(folder)
+    pcm, spans = session_audio(folder, DURATION, SPEECH_AT, SENTENCES)
     x0, y0, x1, y1 = HEAD_BOX
     head = astronaut_bgr[y0:y1, x0:x1]
     background = np.full((480, 640, 3), 100, dtype=np.uint8)
@@ -72,27 +47,8 @@ def av_media(tmp_path_factory, astronaut_bgr) -> dict:
     audio_path = folder / "voice.flac"
     soundfile.write(audio_path, pcm, SAMPLE_RATE)
     fps = 10
-    with av.open(str(video_path), "w") as container:
-        video = container.add_stream("mpeg4", rate=fps)
-        video.width, video.height, video.pix_fmt = 640, 480, "yuv420p"
-        audio = container.add_stream("flac", rate=SAMPLE_RATE, layout="mono")
-        for i in range(int(DURATION * fps)):
-            image = cv2.cvtColor(face_frame(i / fps, head, background), cv2.COLOR_BGR2RGB)
-            frame = av.VideoFrame.from_ndarray(image, format="rgb24")
-            frame.pts = i
-            for packet in video.encode(frame):
-                container.mux(packet)
-        for packet in video.encode():
-            container.mux(packet)
-        samples = (np.clip(pcm, -1, 1) * 32767).astype(np.int16)
-        for k in range(0, len(samples), 4096):
-            frame = av.AudioFrame.from_ndarray(samples[None, k : k + 4096].copy(), format="s16", layout="mono")
-            frame.sample_rate = SAMPLE_RATE
-            frame.pts = k
-            for packet in audio.encode(frame):
-                container.mux(packet)
-        for packet in audio.encode():
-            container.mux(packet)
+    encode_av(video_path, (face_frame(i / fps, head, background) for i in range(int(DURATION * fps))), pcm, fps,
+              (640, 480))
     writer = cv2.VideoWriter(str(silent_path), cv2.VideoWriter_fourcc(*"MJPG"), fps, (640, 480))
     for i in range(int(DURATION * fps)):
         writer.write(face_frame(i / fps, head, background))

@@ -89,6 +89,21 @@ class _Running:
     max_t: float = 0.0
 
 
+@dataclass
+class _Ending:
+    """A session's end (state, summary) waiting to be stored: it is stored only after its windows,
+    because the store refuses windows for a session that is no longer running."""
+
+    session_id: str
+    patient_id: str
+    state: str
+    reason: str
+    duration: float
+    windows: int
+    summary: dict[str, Any]
+    stored: bool = False
+
+
 class Recorder:
     """Owns the session state machine; other threads talk to it through `call()` and `submit()`."""
 
@@ -110,6 +125,8 @@ class Recorder:
         self._running: _Running | None = None
         self._flushed: set[tuple[int, str]] = set()
         self._pending: collections.deque[tuple[str, dict[str, Any]]] = collections.deque()
+        self._endings: collections.deque[_Ending] = collections.deque()  # ends the store could not take yet
+        self._closing = False  # set by the shutdown command: no session may start after it
         self._lock = threading.Lock()  # guards the snapshot fields below (read by other threads)
         self._recent: collections.deque[dict[str, Any]] = collections.deque(maxlen=RECENT_WINDOWS)
         self._session_info: dict[str, Any] | None = None
@@ -138,6 +155,8 @@ class Recorder:
             self.call("shutdown", reason=reason, timeout_s=timeout_s)
         except AffectboxError as exc:
             log.error("recorder: could not end the session cleanly: %s", exc)
+        except Exception:  # whatever ending raised, the service must still close the rest and exit 0
+            log.exception("recorder: could not end the session cleanly")
         self._stop.set()
         self._thread.join(timeout_s)
 
@@ -166,12 +185,22 @@ class Recorder:
 
     def call(self, name: str, timeout_s: float = COMMAND_TIMEOUT_S, **kwargs: Any) -> dict[str, Any]:
         """Run a command on the recorder thread and return its answer (or raise its error)."""
+        if self._stop.is_set():  # nobody would answer: say so now rather than after the timeout
+            raise RecorderBusyError(f"the session recorder has stopped; {name!r} was not run")
         future: Future[dict[str, Any]] = Future()
         self._inbox.put(("cmd", name, kwargs, future))
         try:
             return future.result(timeout_s)
         except TimeoutError:
-            raise RecorderBusyError(f"the session recorder did not answer {name!r} within {timeout_s:.0f} s") from None
+            # the caller is told it failed, so it must never run later: a cancelled future is skipped
+            if future.cancel():
+                raise RecorderBusyError(f"the session recorder did not answer {name!r} within {timeout_s:.0f} s "
+                                        "(not run)") from None
+        try:  # it is running already and will take effect: wait for its answer a little longer
+            return future.result(timeout_s)
+        except TimeoutError:
+            raise RecorderBusyError(f"the session recorder is still running {name!r} after {2 * timeout_s:.0f} s"
+                                    ) from None
 
     def start_session(self, patient_id: str, *, consent: bool = False, max_duration_s: float | None = None,
                       source: str = "cli") -> dict[str, Any]:
@@ -266,6 +295,8 @@ class Recorder:
         self.store_error = message
 
     def _store_ok(self) -> None:
+        if self._pending or self._endings:
+            return  # still failing for what waits in memory
         if self.store_error is not None:
             log.warning("recorder: the store works again")
         self.store_error = None
@@ -288,11 +319,15 @@ class Recorder:
             self.store.mark_published(session_id, item)
         except StoreError as exc:
             self._store_failed(exc)
+            return
+        self._store_ok()
 
     # ---- commands ---------------------------------------------------------------------------
 
     def _start(self, patient_id: str, consent: bool = False, max_duration_s: float | None = None,
                source: str = "cli") -> dict[str, Any]:
+        if self._closing:
+            raise AffectboxError("the daemon is stopping; no session can start now")
         if self.state != "idle" or self._running is not None:
             running = self._running.session_id if self._running else "?"
             raise SessionStateError(f"a session is already running ({running}); stop it first")
@@ -309,12 +344,20 @@ class Recorder:
                 raise AffectboxError(f"max duration must be between 1 and {limit:.0f} seconds "
                                      f"(session.max_duration_minutes) (got {max_duration_s!r})")
             limit = float(max_duration_s)
-        if self.store_error is not None:
+        # what an earlier failure left in memory goes first (the store allows one running session);
+        # a failure already over must not refuse starts until a restart
+        self._finish_endings()
+        if self._pending or self._endings:
             raise AffectboxError(f"cannot start a session: the local record is failing ({self.store_error})")
         snapshot = {name: dataclasses.asdict(getattr(self.config, name))
                     for name in ("face", "speech", "aggregation", "fusion", "capture")}
         snapshot.update({"modalities": list(self.modalities), "source": source})
-        session_id = self.store.start_session(patient_id, self.device_id, consent, snapshot)
+        try:
+            session_id = self.store.start_session(patient_id, self.device_id, consent, snapshot)
+        except StorageError as exc:
+            self._store_failed(exc)
+            raise AffectboxError(f"cannot start a session: the local record is failing ({exc})") from None
+        self._store_ok()
         now = time.monotonic()
         origin = now - self.capture_origin
         aggregator = WindowAggregator(self.config.aggregation, self.config.fusion, start=0.0,
@@ -344,7 +387,9 @@ class Recorder:
         return self._end("ended", reason or f"stopped ({source})")
 
     def _shutdown(self, reason: str) -> dict[str, Any]:
+        self._closing = True  # a start queued behind this command would be left running at exit
         if self._running is None:
+            self._finish_endings()  # a last try for what waits in memory; the rest is recovered at start
             return {"state": "idle"}
         return self._end("interrupted", reason)
 
@@ -380,20 +425,41 @@ class Recorder:
         with self._lock:
             self._session_info = None
         self.state = "idle"
-        self._drain_pending()
-        try:
-            stored = self.store.end_session(running.session_id, state, reason, summary)
-        except StorageError as exc:
-            # the session stays `running` in the file; the next start marks it interrupted
-            self._store_failed(exc)
-            log.error("session %s: the summary could not be stored: %s", running.session_id, exc)
+        ending = _Ending(running.session_id, running.patient_id, state, reason, duration, len(running.windows),
+                         summary)
+        self._endings.append(ending)
+        self._finish_endings()
+        if not ending.stored:
+            if any(e is ending for e in self._endings):
+                # the session stays `running` in the file until the store works again (or, after a
+                # restart, it is marked interrupted with the windows that reached the file)
+                log.error("session %s: its end could not be stored (%s); retried while the daemon runs",
+                          running.session_id, self.store_error)
             return {"session_id": running.session_id, "state": state, "reason": reason, "stored": False}
-        log.info("session %s %s after %.1f s, %d windows (%s)", running.session_id, state, duration,
-                 len(running.windows), reason)
-        self._publish_end(running.session_id, running.patient_id, state, reason, duration, len(running.windows),
-                          stored.summary, stored.deviation)
         return {"session_id": running.session_id, "state": state, "reason": reason,
                 "duration_s": round(duration, 2), "windows": len(running.windows), "stored": True}
+
+    def _finish_endings(self) -> None:
+        """Store the windows and then the ends that wait in memory, oldest first; stop at a failure."""
+        self._drain_pending()
+        while self._endings and not self._pending:  # an ended session refuses windows: windows first
+            ending = self._endings[0]
+            try:
+                stored = self.store.end_session(ending.session_id, ending.state, ending.reason, ending.summary)
+            except StorageError as exc:
+                self._store_failed(exc)
+                return
+            except StoreError as exc:  # refused (e.g. no longer running): retrying cannot help
+                self._endings.popleft()
+                log.error("session %s: its end was not stored: %s", ending.session_id, exc)
+                continue
+            self._endings.popleft()
+            ending.stored = True
+            self._store_ok()
+            log.info("session %s %s after %.1f s, %d windows (%s)", ending.session_id, ending.state,
+                     ending.duration, ending.windows, ending.reason)
+            self._publish_end(ending.session_id, ending.patient_id, ending.state, ending.reason, ending.duration,
+                              ending.windows, stored.summary, stored.deviation)
 
     def _publish_end(self, session_id: str, patient_id: str, state: str, reason: str | None, duration: float | None,
                      windows: int, summary: dict[str, Any], deviation: dict[str, Any] | None) -> None:
@@ -423,8 +489,8 @@ class Recorder:
                 self._end("ended", f"maximum duration reached ({running.max_duration_s:.0f} s)")
             elif auto_stop_s and now - running.last_presence_mono >= auto_stop_s:
                 self._end("ended", f"no face or speech for {auto_stop_s:.0f} s")
-        if self._pending:
-            self._drain_pending()
+        if self._pending or self._endings:
+            self._finish_endings()
         if self.hub is not None and now >= self._next_backfill:
             self._next_backfill = now + BACKFILL_EVERY_S
             self.backfill()
@@ -438,6 +504,7 @@ class Recorder:
         except StoreError as exc:
             self._store_failed(exc)
             return
+        self._store_ok()
         if removed:
             log.info("retention: removed %d sessions older than %d days", len(removed),
                      self.config.store.retention_days)

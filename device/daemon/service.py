@@ -119,6 +119,7 @@ class Daemon:
         self.microphone_name = "none"
         self._stop = threading.Event()
         self._last_status_line = ""
+        self._status_error: str | None = None
 
     # ---- building -----------------------------------------------------------------------------
 
@@ -297,7 +298,10 @@ class Daemon:
                 if worker.debug is not None:
                     worker.debug.close()
         if self.hub is not None:
-            self.hub.set_status(state="offline")
+            try:  # the retained status is a courtesy: a full outbox must not keep the rest from closing
+                self.hub.set_status(state="offline")
+            except AffectboxError as exc:
+                log.warning("hub: could not queue the offline status: %s", exc)
             self.hub.stop()
             self.hub.outbox.close()
         if self.store is not None:
@@ -412,6 +416,22 @@ class Daemon:
                                   max_duration_s=max_duration, source="cli")
 
     def _publish_status(self, force: bool = False) -> None:
+        """The systemd STATUS= line and the hub's retained status; never raises.
+
+        It runs on the main thread's loop (an exception there would end the daemon without its
+        shutdown) and after a session starts or stops (which must not then be reported as failed);
+        the hub's status writes the outbox, which fails while the disk is full.
+        """
+        try:
+            self._publish_status_now(force)
+        except Exception as exc:
+            if str(exc) != self._status_error:
+                log.exception("could not publish the status (continuing)")
+            self._status_error = str(exc)
+        else:
+            self._status_error = None
+
+    def _publish_status_now(self, force: bool) -> None:
         """The systemd STATUS= line (when it changes) and the hub's retained status (every 30 s)."""
         status = self.status()
         parts = [status["state"] if status["session"] is None

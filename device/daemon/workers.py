@@ -145,9 +145,9 @@ class FaceWorker(_Worker):
 
     def stats(self) -> dict[str, Any]:
         stats = super().stats()
+        analyzer = self.analyzer  # read once: status() runs on other threads while a session ends
         stats.update({"skipped": self.skipped,
-                      "detector_runs": self.template.detector_runs if self.analyzer is None
-                      else self.analyzer.detector_runs})
+                      "detector_runs": self.template.detector_runs if analyzer is None else analyzer.detector_runs})
         return stats
 
 

@@ -174,8 +174,14 @@ class SpeechWorker(_Worker):
                 tail = []
             self.utterances += len(tail)
             self.recorder.flushed(old_generation, self.stage, tail)
+        # a session that started and ended between two loops of this worker was never seen here:
+        # say it has nothing to flush, so that its end does not wait for this worker in vain
+        for skipped in range(max(old_generation + 1, 0), generation):
+            self.recorder.flushed(skipped, self.stage, [])
         self.analyzer = SpeechAnalyzer(self.template.classifier, self.template.config) if active else None
         self.now = {"speech_active": None}
+        if self.debug is not None and not active:
+            self.debug.close()
 
     def level_dbfs(self) -> float | None:
         """Recent microphone level (RMS, dB full scale), for status and selftest."""

@@ -28,6 +28,7 @@ A backend has `open()`, `read() -> Sample | None` (None: nothing this time, e.g.
 from __future__ import annotations
 
 import collections
+import contextlib
 import importlib
 import logging
 import queue
@@ -373,12 +374,18 @@ class Picamera2Camera:
 
     def open(self) -> None:
         cam = self._module.Picamera2(self.device)
-        config = cam.create_video_configuration(
-            main={"size": (self.width, self.height)},
-            lores={"size": (self.width, self.height), "format": "YUV420"},
-            controls={"FrameRate": float(self.fps)}, buffer_count=3)
-        cam.configure(config)
-        cam.start()
+        try:
+            config = cam.create_video_configuration(
+                main={"size": (self.width, self.height)},
+                lores={"size": (self.width, self.height), "format": "YUV420"},
+                controls={"FrameRate": float(self.fps)}, buffer_count=3)
+            cam.configure(config)
+            cam.start()
+        except Exception:
+            # release the camera, or libcamera keeps it "busy" and every reopen fails too
+            with contextlib.suppress(Exception):
+                cam.close()
+            raise
         self._cam = cam
 
     def read(self) -> Sample | None:
@@ -451,7 +458,12 @@ class SoundDeviceMicrophone:
 
         stream = sd.InputStream(device=self.device, channels=1, dtype="int16", samplerate=rate,
                                 blocksize=blocksize, callback=callback)
-        stream.start()
+        try:
+            stream.start()
+        except Exception:
+            with contextlib.suppress(Exception):
+                stream.close()  # else PortAudio keeps the device open and reopening fails
+            raise
         self._stream = stream
 
     def read(self) -> Sample | None:

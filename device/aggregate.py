@@ -211,6 +211,11 @@ class WindowAggregator:
         watermark = self._max_t - self.lateness
         return self._close_until(self._index_of(watermark) if watermark > self.start else 0)
 
+    def close_before(self, t: float) -> list[Window]:
+        """Close the windows that end at or before item time `t`, when the caller knows that no
+        observation still to come is earlier than `t` (the live daemon's watermarks)."""
+        return self._close_until(self._index_of(t) if t > self.start else 0)
+
     def flush(self, end: float | None = None) -> list[Window]:
         """Close every open window at the end of the session (the last may be shorter than the others)."""
         closed = []

@@ -493,3 +493,27 @@ def test_speech_config_defaults_and_checks():
     ]:
         with pytest.raises(ConfigError, match=fragment):
             config_from_dict(document)
+
+
+def test_safe_until_never_runs_ahead_of_an_utterance_still_to_come(tmp_path: Path):
+    """The live daemon closes windows up to `safe_until`: no later utterance may start before it."""
+    from tests.media import session_audio
+
+    pcm, _ = session_audio(tmp_path, 14.0, [1.0, 5.0, 9.5])
+    samples = (np.clip(pcm, -1, 1) * 32767).astype(np.int16)
+    segmenter = SpeechSegmenter()
+    block = 480  # 30 ms
+    marks: list[float] = []
+    starts: list[float] = []
+    for k in range(0, len(samples), block):
+        for utterance in segmenter.push(AudioBlock(k / 16000, samples[k : k + block])):
+            assert not marks or utterance.start >= max(marks) - 1e-6, (utterance.start, max(marks))
+            starts.append(utterance.start)
+        safe = segmenter.safe_until
+        if safe is not None:
+            assert not marks or safe >= marks[-1] - 1e-6  # it only moves forward
+            marks.append(safe)
+    for utterance in segmenter.flush():
+        assert utterance.start >= max(marks) - 1e-6
+        starts.append(utterance.start)
+    assert len(starts) == 3 and marks[-1] > 13.0

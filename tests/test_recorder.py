@@ -264,3 +264,55 @@ def test_face_stats_survive_the_worker_dropping_its_analyzer_meanwhile():
     worker = EndingMeanwhile(BoundedLatest(1), SimpleNamespace(view=None), Heartbeats(),  # type: ignore[arg-type]
                              template)
     assert worker.stats()["detector_runs"] in (3, 7)
+
+
+def speech(start: float, end: float, label: str = "sad") -> Observation:
+    probs = np.full(len(LABELS), 0.02, dtype=np.float32)
+    probs[LABELS.index(label)] = 1 - 0.02 * (len(LABELS) - 1)
+    return Observation((start + end) / 2, "speech", probs, 1.0,
+                       {"start": start, "end": end, "duration": end - start})
+
+
+def test_watermarks_close_windows_soon_after_their_end(store: Store):
+    """With both modalities reporting, a window closes when both have passed it, not ~9 s later."""
+    recorder = Recorder(Config(), store, "dev-test", Heartbeats(), capture_origin=time.monotonic(),
+                        modalities=("face", "speech"), speech_lateness_s=9.13)
+    recorder.start()
+    try:
+        started = recorder.start_session("p-mark")
+        generation = recorder.view.generation
+        for i in range(120):  # 12 s of faces at 10 fps
+            recorder.submit(generation, observation(i / 10))
+        recorder.submit(generation, speech(2.0, 4.0))
+        # the fixed lateness alone (9.13 s behind 11.9 s) would close nothing yet
+        time.sleep(0.3)
+        assert store.session(started["session_id"]).windows == 0
+        recorder.watermark(generation, "speech", 11.5)  # no utterance still to come starts before 11.5 s
+        assert wait_until(lambda: store.session(started["session_id"]).windows == 1)  # window 0 (0-10 s)
+        # an utterance that started after the watermark still lands in its own, open window
+        recorder.submit(generation, speech(11.6, 12.4))
+        ended = recorder.stop_session()
+    finally:
+        recorder.shutdown("test over")
+    windows = store.windows(started["session_id"])
+    assert ended["windows"] == 2 and [w["index"] for w in windows] == [0, 1]
+    assert "speech" in windows[0]["modalities"] and "speech" in windows[1]["modalities"]
+    assert recorder.late_observations == 0
+
+
+def test_a_silent_modality_does_not_hold_windows_back(store: Store):
+    """A camera that stopped (no face for 2 s) leaves speech's watermark in charge."""
+    recorder = Recorder(Config(), store, "dev-test", Heartbeats(), capture_origin=time.monotonic(),
+                        modalities=("face", "speech"), speech_lateness_s=9.13)
+    recorder.start()
+    try:
+        started = recorder.start_session("p-stall")
+        generation = recorder.view.generation
+        for i in range(30):
+            recorder.submit(generation, observation(i / 10))  # faces until 3 s, then the camera stops
+        time.sleep(2.2)
+        recorder.submit(generation, speech(5.0, 7.0))
+        recorder.watermark(generation, "speech", 21.0)
+        assert wait_until(lambda: store.session(started["session_id"]).windows == 1, 3)
+    finally:
+        recorder.shutdown("test over")

@@ -139,6 +139,21 @@ class SpeechSegmenter:
         """True while an utterance is open."""
         return self._active
 
+    @property
+    def safe_until(self) -> float | None:
+        """No utterance still to come can start before this item time; None before any audio.
+
+        An open utterance started at its first frame; otherwise a new one can reach back at most
+        to the oldest frame of the pre-roll/onset ring. Observations of speech are stamped at an
+        utterance's middle, so none still to come is earlier than this: the aggregator can close
+        the windows before it without waiting for the worst-case utterance length.
+        """
+        if self._active and self._frames:
+            return self._frames[0].t
+        if self._ring:
+            return self._ring[0].t
+        return None
+
     def push(self, block: AudioBlock) -> list[Utterance]:
         """Feed one block; return the utterances it completed (usually none)."""
         samples = block.samples

@@ -48,6 +48,7 @@ FLUSH_WAIT_S = 3.0
 RECENT_WINDOWS = 90  # 15 minutes of 10-s windows for the live page
 BACKFILL_EVERY_S = 60.0
 RETENTION_EVERY_S = 24 * 3600.0
+WATERMARK_FRESH_S = 2.0
 MAX_PENDING_WINDOWS = 2000  # windows held in memory while the store cannot write (about 5 h)
 
 
@@ -87,6 +88,8 @@ class _Running:
     counts: dict[str, dict[str, Any]] = dataclasses.field(default_factory=dict)
     last_presence_mono: float = 0.0
     max_t: float = 0.0
+    # per modality: (item time before which nothing more will come, monotonic time it was learnt)
+    safe: dict[str, tuple[float, float]] = dataclasses.field(default_factory=dict)
 
 
 @dataclass
@@ -179,6 +182,10 @@ class Recorder:
         """From a worker: one observation of the session `generation`."""
         self._inbox.put(("obs", generation, observation))
 
+    def watermark(self, generation: int, modality: str, t: float) -> None:
+        """From a worker: no observation of `modality` still to come is earlier than item time `t`."""
+        self._inbox.put(("watermark", generation, modality, t))
+
     def flushed(self, generation: int, stage: str, observations: list[Observation]) -> None:
         """From a worker: its last observations of session `generation`, which it has let go."""
         self._inbox.put(("flushed", generation, stage, observations))
@@ -228,6 +235,11 @@ class Recorder:
         kind = message[0]
         if kind == "obs":
             self._observe(message[1], message[2])
+        elif kind == "watermark":
+            running = self._running
+            if running is not None and message[1] == running_generation(self.view, self.state):
+                running.safe[message[2]] = (message[3], time.monotonic())
+                self._advance(running)
         elif kind == "flushed":
             for observation in message[3]:
                 self._observe(message[1], observation)
@@ -255,7 +267,26 @@ class Recorder:
         if observation.present:
             running.last_presence_mono = time.monotonic()
         running.max_t = max(running.max_t, observation.t)
+        if observation.modality == "face":  # one worker, in order: nothing earlier will follow
+            running.safe["face"] = (observation.t, time.monotonic())
         for window in running.aggregator.add(observation):
+            self._record_window(running, window)
+        if observation.modality == "face":
+            self._advance(running)
+
+    def _advance(self, running: _Running) -> None:
+        """Close the windows no observation can still reach, from the workers' watermarks.
+
+        The aggregator's own lateness (the longest possible utterance, about 9 s) is the fallback;
+        with both modalities flowing, windows close about a second after their end instead, which
+        is what the live page shows. A modality that said nothing for 2 s (a stalled camera or
+        microphone) does not hold the others back.
+        """
+        now = time.monotonic()
+        fresh = [t for t, learnt in running.safe.values() if now - learnt <= WATERMARK_FRESH_S]
+        if not fresh or any(m not in running.safe for m in self.modalities):
+            return
+        for window in running.aggregator.close_before(min(fresh)):
             self._record_window(running, window)
 
     def _record_window(self, running: _Running, window: Window) -> None:

@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 
 POLL_S = 0.25
 STAGE_MAX_AGE_S = 5.0  # a stage that has not looped for this long counts as stuck
+WATERMARK_EVERY_S = 0.25  # how often the speech worker tells the recorder how far speech is settled
 
 
 class _Worker:
@@ -164,6 +165,7 @@ class SpeechWorker(_Worker):
         self.utterances = 0
         self._levels: collections.deque[float] = collections.deque(maxlen=33)  # about 1 s of 30-ms blocks
         self.now: dict[str, Any] = {"speech_active": None}
+        self._last_watermark = 0.0
 
     def _switch(self, old_generation: int, generation: int, active: bool) -> None:
         if self.analyzer is not None:
@@ -205,5 +207,11 @@ class SpeechWorker(_Worker):
         self.now = {"speech_active": self.analyzer.segmenter.active}
         for observation in observations:
             self.recorder.submit(generation, observation)
+        # after the observations, on the same queue: the recorder never sees a watermark first
+        safe = self.analyzer.segmenter.safe_until
+        now = time.monotonic()
+        if safe is not None and now - self._last_watermark >= WATERMARK_EVERY_S:
+            self._last_watermark = now
+            self.recorder.watermark(generation, self.stage, safe)
         if self.debug is not None:
             self.debug.audio(self.recorder.view.session_id, item.samples)

@@ -43,8 +43,9 @@ DEV_APT_PACKAGES=(python3 python3-venv espeak-ng sox mosquitto mosquitto-clients
 # The appliance (Raspberry Pi OS, or Debian for tests). python3-picamera2 comes from Raspberry Pi
 # OS's own archive and is installed where apt knows it (PI_OPTIONAL_APT_PACKAGES).
 # libportaudio2: sounddevice (microphone); python3-systemd: journald/notify bindings; openssl:
-# `affectbox provision` makes the client key and CSR; alsa-utils: arecord -l; passwd: useradd.
-PI_APT_PACKAGES=(python3 python3-venv python3-systemd libportaudio2 alsa-utils openssl ca-certificates passwd)
+# `affectbox provision` makes the client key and CSR; alsa-utils: arecord -l; passwd: useradd;
+# python3-gpiozero: the optional recording LED and button ([gpio], device/indicator.py; unused while off).
+PI_APT_PACKAGES=(python3 python3-venv python3-systemd python3-gpiozero libportaudio2 alsa-utils openssl ca-certificates passwd)
 PI_OPTIONAL_APT_PACKAGES=(python3-picamera2)
 ROOT_DIR=${AFFECTBOX_ROOT:-}
 PREFIX=${AFFECTBOX_PREFIX:-/opt/affectbox}

@@ -271,6 +271,22 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class GpioConfig:
+    """The optional recording LED and start/stop button on the Pi's GPIO header (device/indicator.py, gpiozero)."""
+
+    enabled: bool = _opt(False, "drive the recording LED and read the button through gpiozero (hardware/README.md); "
+                                "without gpiozero the daemon runs on and reports gpio as degraded")
+    led_pin: int = _opt(27, "BCM number of the GPIO driving the LED, lit while a session runs and blinking while it "
+                            "ends; 0 = no LED", min=0, max=27)
+    button_pin: int = _opt(17, "BCM number of the GPIO the push button connects to ground; 0 = no button",
+                           min=0, max=27)
+    kiosk_patient_id: str = _opt("", "opaque patient id for which a press starts a session when none runs (a kiosk "
+                                     "for one patient); empty = the button only stops a running session")
+    consent_by_button: bool = _opt(False, "a press counts as the patient's consent; without it the button cannot "
+                                          "start a session where session.consent_required = true")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; one attribute per TOML table."""
 
@@ -286,6 +302,7 @@ class Config:
     session: SessionConfig = field(default_factory=SessionConfig)
     control: ControlConfig = field(default_factory=ControlConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    gpio: GpioConfig = field(default_factory=GpioConfig)
 
 
 def _type_name(tp: Any) -> str:
@@ -404,6 +421,21 @@ def _validate_relations(config: Config, errors: list[str]) -> None:
         ipaddress.ip_address(config.web.bind)
     except ValueError:
         errors.append(f"web.bind: must be an IP address such as 127.0.0.1 or 0.0.0.0 (got {config.web.bind!r})")
+    gpio = config.gpio
+    if gpio.led_pin and gpio.led_pin == gpio.button_pin:
+        errors.append(f"gpio.button_pin: must differ from gpio.led_pin (both {gpio.led_pin})")
+    if gpio.enabled and not gpio.led_pin and not gpio.button_pin:
+        errors.append("gpio.enabled: needs gpio.led_pin or gpio.button_pin (both are 0)")
+    if gpio.kiosk_patient_id:
+        # imported here, not at the top: device.store imports this module (through device.aggregate)
+        from device.store import PatientIdError, validate_patient_id
+
+        try:
+            validate_patient_id(gpio.kiosk_patient_id)
+        except PatientIdError as exc:
+            errors.append(f"gpio.kiosk_patient_id: {exc}")
+        if not gpio.button_pin:
+            errors.append("gpio.kiosk_patient_id: needs gpio.button_pin (the button starts the kiosk's sessions)")
 
 
 def is_loopback_host(host: str) -> bool:

@@ -52,6 +52,7 @@ from device.daemon.workers import FaceWorker, SpeechWorker
 from device.errors import AffectboxError
 from device.health import Heartbeats, SystemdNotifier, WatchdogPetter, pi_health
 from device.identity import resolve_device_id
+from device.indicator import Indicator
 from device.inference.face import FaceAnalyzer
 from device.inference.speech import SpeechAnalyzer
 from device.store import Store
@@ -112,6 +113,7 @@ class Daemon:
         self.microphone: CaptureThread | None = None
         self.control: ControlServer | None = None
         self.web: Any = None
+        self.indicator: Indicator | None = None
         self.petter: WatchdogPetter | None = None
         self.models: list[dict[str, Any]] = []
         self.recovered: list[str] = []
@@ -206,6 +208,8 @@ class Daemon:
                                  speech_lateness_s=speech.lateness if speech is not None else 0.0,
                                  hub=self.hub, faults=self.faults)
         self.recorder.start()
+        if config.gpio.enabled:
+            self._start_indicator()
 
         debug = None
         if config.session.debug_recording:
@@ -256,6 +260,14 @@ class Daemon:
                           window_seconds=self.config.aggregation.window_seconds)
         self.hub.start()
 
+    def _start_indicator(self) -> None:
+        """The recording LED and button; never fails the start (gpiozero or the pins may be missing)."""
+        recorder = self.recorder
+        assert recorder is not None
+        self.indicator = Indicator(self.config.gpio, consent_required=self.config.session.consent_required,
+                                   control=self, state=lambda: recorder.snapshot()["state"])
+        self.indicator.start()
+
     def _start_web(self) -> None:
         try:
             from device.web.server import load_password_hash, start_status_page
@@ -290,6 +302,8 @@ class Daemon:
         for capture in (self.camera, self.microphone):
             if capture is not None:
                 capture.stop(timeout_s=1.0)
+        if self.indicator is not None:  # capture has stopped: the device no longer listens, the LED goes off
+            self.indicator.close()
         if self.recorder is not None:
             self.recorder.shutdown(reason)
         for worker in (self.face_worker, self.speech_worker):
@@ -359,6 +373,8 @@ class Daemon:
                                  "connected": hub_stats["connected"], "outbox": hub_stats["outbox"]}
         else:
             components["hub"] = {"state": "off", "detail": "hub.enabled = false", "connected": False}
+        components["gpio"] = self.indicator.status() if self.indicator is not None else {
+            "state": "off", "detail": "gpio.enabled = false" if not self.config.gpio.enabled else "not started"}
         states = [c["state"] for c in components.values()]
         health = "failed" if "failed" in states else "degraded" if "degraded" in states else "ok"
         return {

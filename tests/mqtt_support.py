@@ -4,15 +4,21 @@ A `Broker` is one `mosquitto` process on a free 127.0.0.1 port with a generated 
 restartable on the same port (optionally with persistence, as a real hub's broker would have).
 An `Observer` is a hub-side MQTT 5 client that records what arrives on its subscriptions; with
 `persistent=True` it keeps its session on the broker across its own and the broker's restarts.
+A `Relay` stands between the device and a broker and can cut the network without closing a
+connection (packets silently lost both ways), then restore it.
 Every wait is bounded; nothing leaves 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import contextlib
 import getpass
 import json
+import queue
+import selectors
 import shutil
 import socket
+import struct
 import subprocess
 import threading
 import time
@@ -162,3 +168,188 @@ def events(messages: list[mqtt.MQTTMessage], suffix: str = "") -> list[dict[str,
 
 def availability(messages: list[mqtt.MQTTMessage]) -> list[str]:
     return [m.payload.decode() for m in messages if m.topic.endswith("/availability")]
+
+
+def _reset(sock: socket.socket) -> None:
+    """Close with an RST (SO_LINGER 0), as a TCP stack answers a segment of a connection it forgot."""
+    with contextlib.suppress(OSError):
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    sock.close()
+
+
+class _Link:
+    """One relayed connection: end 0 is the client's, end 1 the broker's (None until it is connected)."""
+
+    def __init__(self, client: socket.socket, upstream: socket.socket | None) -> None:
+        self.socks: list[socket.socket | None] = [client, upstream]
+        self.held = [bytearray(), bytearray()]  # bytes from end i, not yet delivered to the other end
+        self.gone = [False, False]  # end i closed its socket while the network was cut
+
+
+class Relay:
+    """A TCP relay 127.0.0.1:<port> -> the broker that can cut the network without closing anything.
+
+    `cut()` makes it a black hole: every connection stays open at both ends, nothing crosses in
+    either direction, not even a FIN or an RST (a pulled switch cable, a Wi-Fi drop): only the
+    endpoints' own timers (MQTT keep-alive) can tell. A connection opened during the cut is
+    accepted but goes nowhere, so its client waits for a CONNACK that never comes (with a real cut
+    its SYN would be lost and the connect time out; either way the attempt fails after a timeout).
+
+    `restore()` does what TCP makes of the cut once packets flow again: what a sender wrote
+    during the cut sits in its retransmission queue, so for a connection both ends still hold,
+    the held bytes are delivered late and in order and it carries on; a connection that one end
+    gave up during the cut (its keep-alive timer closed it) is reset at the other end, whose
+    retransmission now reaches a peer that forgot the connection; a connection opened during the
+    cut reaches the broker now (its SYN retransmission gets through). Nothing is lost silently
+    from a live connection: that is not what a network does to TCP.
+
+    One thread with a selector; control requests run on that thread. Counters: `links` accepted,
+    `held` bytes that went into the black hole (from client, from broker), `resets` sent at restore,
+    `survived` connections that carried on after it, `late_links` opened during it.
+    """
+
+    def __init__(self, target_port: int) -> None:
+        self.target = (HOST, target_port)
+        self._listener = socket.create_server((HOST, 0))
+        self.port = self._listener.getsockname()[1]
+        self._selector = selectors.DefaultSelector()
+        self._selector.register(self._listener, selectors.EVENT_READ, None)
+        self._links: list[_Link] = []
+        self._cut = False
+        self._requests: queue.SimpleQueue[tuple[str, threading.Event]] = queue.SimpleQueue()
+        self._stop = threading.Event()
+        self.links = 0
+        self.held = [0, 0]
+        self.resets = 0
+        self.survived = 0
+        self.late_links = 0
+        self._thread = threading.Thread(target=self._run, name="relay", daemon=True)
+        self._thread.start()
+
+    # ---- control (any thread) ----
+
+    def cut(self) -> None:
+        self._request("cut")
+
+    def restore(self) -> None:
+        self._request("restore")
+
+    def _request(self, what: str) -> None:
+        done = threading.Event()
+        self._requests.put((what, done))
+        assert done.wait(5), f"relay did not {what}"
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join(5)
+        for link in self._links:
+            for sock in link.socks:
+                if sock is not None:
+                    sock.close()
+        self._links = []
+        self._selector.close()
+        self._listener.close()
+
+    # ---- the relay thread ----
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            while not self._requests.empty():
+                what, done = self._requests.get()
+                if what == "cut":
+                    self._cut = True
+                else:
+                    self._restore()
+                done.set()
+            for key, _ in self._selector.select(0.05):
+                if key.data is None:
+                    self._accept()
+                else:
+                    link, end = key.data
+                    if link.socks[end] is not None:  # not closed by an earlier event of this round
+                        self._readable(link, end)
+
+    def _register(self, link: _Link, end: int) -> None:
+        sock = link.socks[end]
+        assert sock is not None
+        self._selector.register(sock, selectors.EVENT_READ, (link, end))
+
+    def _connect(self, link: _Link) -> bool:
+        try:
+            link.socks[1] = socket.create_connection(self.target, timeout=5)
+        except OSError:  # the broker is down: refuse the client as a closed port would
+            self._close(link)
+            return False
+        self._register(link, 1)
+        return True
+
+    def _accept(self) -> None:
+        client, _ = self._listener.accept()
+        client.settimeout(5)
+        self.links += 1
+        link = _Link(client, None)
+        self._links.append(link)
+        self._register(link, 0)
+        if self._cut:
+            self.late_links += 1
+        else:
+            self._connect(link)
+
+    def _close(self, link: _Link, *, reset: bool = False) -> None:
+        for end, sock in enumerate(link.socks):
+            if sock is not None:
+                self._selector.unregister(sock)
+                if reset:
+                    _reset(sock)
+                    self.resets += 1
+                else:
+                    sock.close()
+                link.socks[end] = None
+        if link in self._links:
+            self._links.remove(link)
+
+    def _readable(self, link: _Link, end: int) -> None:
+        sock = link.socks[end]
+        assert sock is not None
+        try:
+            data = sock.recv(65536)
+        except OSError:
+            data = b""
+        if self._cut:  # into the black hole: the other end hears nothing, not even a close
+            if data:
+                link.held[end] += data
+                self.held[end] += len(data)
+            else:
+                self._selector.unregister(sock)
+                sock.close()
+                link.socks[end] = None
+                link.gone[end] = True
+            return
+        other = link.socks[1 - end]
+        if not data or other is None:
+            self._close(link)
+            return
+        try:
+            other.sendall(data)
+        except OSError:
+            self._close(link)
+
+    def _restore(self) -> None:
+        self._cut = False
+        for link in list(self._links):
+            if any(link.gone):
+                self._close(link, reset=True)  # the survivor's retransmission meets a forgotten connection
+                continue
+            if link.socks[1] is None and not self._connect(link):
+                continue
+            try:
+                for end in (0, 1):
+                    if link.held[end]:
+                        target = link.socks[1 - end]
+                        assert target is not None
+                        target.sendall(bytes(link.held[end]))
+                        link.held[end].clear()
+            except OSError:
+                self._close(link)
+                continue
+            self.survived += 1

@@ -316,3 +316,30 @@ def test_a_silent_modality_does_not_hold_windows_back(store: Store):
         assert wait_until(lambda: store.session(started["session_id"]).windows == 1, 3)
     finally:
         recorder.shutdown("test over")
+
+
+class BrokenPayloadHub(FullOutboxHub):
+    """A hub double whose payload builders fail with an unexpected (non-affectbox) error."""
+
+    def _broken(self, *args: Any, **kwargs: Any) -> Any:
+        raise ValueError("a payload builder choked on a value")
+
+    publish_session = publish_mood = publish_summary = _broken
+
+
+def test_an_unexpected_hub_error_never_leaves_a_session_half_ended(store: Store):
+    recorder = make_recorder(store, hub=BrokenPayloadHub())
+    recorder.start()
+    try:
+        started = recorder.start_session("p-broken")
+        feed(recorder, 25)
+        ended = recorder.stop_session()
+        assert ended["stored"] is True and recorder.state == "idle"
+        assert recorder.start_session("p-next")["session_id"] != started["session_id"]  # not stuck
+        recorder.stop_session()
+    finally:
+        recorder.shutdown("test over")
+    assert store.session(started["session_id"]).state == "ended"
+    # nothing reached the outbox, so everything is still owed to the hub
+    owed = dict((record.id, items) for record, items in store.unpublished())
+    assert owed[started["session_id"]][0] == "started" and owed[started["session_id"]][-1] == "ended"

@@ -340,9 +340,12 @@ class Recorder:
             queue_event()
             for extra in more:
                 extra()
-        except AffectboxError as exc:
+        except Exception as exc:  # an unexpected payload error must not leave a session half-ended
             if str(exc) != self.hub_error:
-                log.error("recorder: could not queue a hub event (%s); it is queued again later", exc)
+                if isinstance(exc, AffectboxError):
+                    log.error("recorder: could not queue a hub event (%s); it is queued again later", exc)
+                else:
+                    log.exception("recorder: building a hub event failed; it is tried again later")
             self.hub_error = str(exc)
             return
         self.hub_error = None

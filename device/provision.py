@@ -63,7 +63,7 @@ from device.credentials import (
     hash_password,
     write_secret,
 )
-from device.errors import AffectboxError
+from device.errors import AffectboxError, HubError
 from device.identity import DEVICE_ID_RE, device_id_path, resolve_device_id, store_device_id
 
 # Credential names the systemd unit loads (LoadCredential=); the config refers to them by name.
@@ -666,25 +666,14 @@ def _password(folder: Path | None, name: str) -> str:
 
 
 def _ssl_context(hub: HubConfig, secrets_dir: Path | None) -> ssl.SSLContext:
-    """The same TLS settings as the daemon's hub client: certificate and host name verified, TLS >= 1.2."""
-    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    """The same TLS settings as the daemon's hub client (device.hub.client.make_ssl_context)."""
+    from device.hub.client import make_ssl_context
+
+    key = _read_hub_secret(secrets_dir, hub.key_file, "TLS key") if hub.cert_file else None
     try:
-        if hub.ca_file:
-            context.load_verify_locations(cafile=hub.ca_file)
-        else:
-            context.load_default_certs()
-    except (OSError, ssl.SSLError) as exc:
-        raise ProvisionError(f"hub.ca_file: cannot load CA certificates from {hub.ca_file}: "
-                             f"{getattr(exc, 'strerror', None) or exc}") from None
-    if hub.cert_file:
-        key = _read_hub_secret(secrets_dir, hub.key_file, "TLS key")
-        try:
-            context.load_cert_chain(hub.cert_file, str(key))
-        except (OSError, ssl.SSLError) as exc:
-            raise ProvisionError(f"hub.cert_file: cannot load the client certificate {hub.cert_file} with its key "
-                                 f"{key}: {getattr(exc, 'strerror', None) or exc}") from None
-    return context
+        return make_ssl_context(hub, key)
+    except HubError as exc:
+        raise ProvisionError(str(exc)) from None
 
 
 def _ssl_reason(exc: BaseException) -> str:

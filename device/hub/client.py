@@ -351,24 +351,9 @@ class HubClient:
         return secret
 
     def _make_ssl_context(self) -> _TrackingSSLContext:
-        config = self.config
-        context = _TrackingSSLContext(ssl.PROTOCOL_TLS_CLIENT)  # verifies the certificate and the host name
-        context.minimum_version = ssl.TLSVersion.TLSv1_2
-        try:
-            if config.ca_file:
-                context.load_verify_locations(cafile=config.ca_file)
-            else:
-                context.load_default_certs()
-        except (OSError, ssl.SSLError) as exc:
-            raise HubError(f"hub.ca_file: cannot load CA certificates from {config.ca_file}: "
-                           f"{getattr(exc, 'strerror', None) or exc}") from None
-        if config.cert_file:
-            key = self._secret_path(config.key_file, "TLS key")
-            try:
-                context.load_cert_chain(config.cert_file, str(key))
-            except (OSError, ssl.SSLError) as exc:
-                raise HubError(f"hub.cert_file: cannot load the client certificate {config.cert_file} with its key "
-                               f"{key}: {getattr(exc, 'strerror', None) or exc}") from None
+        key = self._secret_path(self.config.key_file, "TLS key") if self.config.cert_file else None
+        context = make_ssl_context(self.config, key, _TrackingSSLContext)
+        assert isinstance(context, _TrackingSSLContext)
         return context
 
     def _make_client(self) -> _PahoClient:
@@ -745,6 +730,29 @@ class HubClient:
             if info.rc != MQTTErrorCode.MQTT_ERR_SUCCESS:
                 self._limited.log(logging.WARNING, f"hub: could not publish a command result on {topic}: "
                                                    f"{mqtt.error_string(info.rc)}")
+
+
+def make_ssl_context(config: HubConfig, key_path: Path | None,
+                     context_class: type[ssl.SSLContext] = ssl.SSLContext) -> ssl.SSLContext:
+    """The hub link's TLS settings (certificate and host name verified, TLS >= 1.2, the optional
+    client certificate with its key), shared by the daemon and `affectbox provision --check`."""
+    context = context_class(ssl.PROTOCOL_TLS_CLIENT)  # verifies the certificate and the host name
+    context.minimum_version = ssl.TLSVersion.TLSv1_2
+    try:
+        if config.ca_file:
+            context.load_verify_locations(cafile=config.ca_file)
+        else:
+            context.load_default_certs()
+    except (OSError, ssl.SSLError) as exc:
+        raise HubError(f"hub.ca_file: cannot load CA certificates from {config.ca_file}: "
+                       f"{getattr(exc, 'strerror', None) or exc}") from None
+    if config.cert_file and key_path is not None:
+        try:
+            context.load_cert_chain(config.cert_file, str(key_path))
+        except (OSError, ssl.SSLError) as exc:
+            raise HubError(f"hub.cert_file: cannot load the client certificate {config.cert_file} with its key "
+                           f"{key_path}: {getattr(exc, 'strerror', None) or exc}") from None
+    return context
 
 
 def default_secrets_dir() -> Path | None:

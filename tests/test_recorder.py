@@ -343,3 +343,45 @@ def test_an_unexpected_hub_error_never_leaves_a_session_half_ended(store: Store)
     # nothing reached the outbox, so everything is still owed to the hub
     owed = dict((record.id, items) for record, items in store.unpublished())
     assert owed[started["session_id"]][0] == "started" and owed[started["session_id"]][-1] == "ended"
+
+
+class CountingHub(FullOutboxHub):
+    """A hub double that accepts every event and records its key and the time it was queued."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.queued: list[tuple[str, str]] = []
+
+    def _accept(self, session_id: str, *args: Any, event_key: str | None = None, **kwargs: Any) -> dict[str, Any]:
+        self.queued.append((session_id, event_key or ""))
+        return {}
+
+    publish_session = publish_mood = publish_summary = _accept
+
+    def set_status(self, **kwargs: Any) -> None:
+        return None
+
+
+def test_a_large_backlog_is_queued_in_batches_without_starving_the_recorder(store: Store):
+    # a session of 250 stored windows that never reached the hub (the hub was off, or a crash)
+    session_id = store.start_session("p-backlog", "dev-test", False, {})
+    for index in range(250):
+        store.add_window(session_id, {"index": index, "start": index * 10.0, "end": index * 10.0 + 10,
+                                      "modalities": {}, "probs": None, "fusion_weights": {}})
+    store.end_session(session_id)
+    hub = CountingHub()
+    recorder = make_recorder(store, hub=hub)
+    assert recorder.backfill(limit=100) == 100  # one batch at a time
+    assert len(hub.queued) == 100
+    recorder.start()
+    try:
+        # the rest follows tick by tick, and the recorder stays responsive meanwhile
+        assert recorder.start_session("p-live")["patient_id"] == "p-live"
+        recorder.stop_session()
+        assert wait_until(lambda: store.unpublished() == [], 10)
+    finally:
+        recorder.shutdown("test over")
+    keys = [key for sid, key in hub.queued if sid == session_id]
+    assert keys[0] == "started" and keys[-1] == "summary"
+    assert sorted(k for k in keys if k.startswith("window:")) == sorted(f"window:{i}" for i in range(250))
+    assert recorder.heartbeats.stale(required_only=True) == []

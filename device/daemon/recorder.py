@@ -47,6 +47,8 @@ COMMAND_TIMEOUT_S = 15.0
 FLUSH_WAIT_S = 3.0
 RECENT_WINDOWS = 90  # 15 minutes of 10-s windows for the live page
 BACKFILL_EVERY_S = 60.0
+BACKFILL_BATCH_IDLE = 100  # items per tick (about 1 s of fsyncs on an SD card)
+BACKFILL_BATCH_RUNNING = 10
 RETENTION_EVERY_S = 24 * 3600.0
 WATERMARK_FRESH_S = 2.0
 MAX_PENDING_WINDOWS = 2000  # windows held in memory while the store cannot write (about 5 h)
@@ -526,8 +528,11 @@ class Recorder:
         if self._pending or self._endings:
             self._finish_endings()
         if self.hub is not None and now >= self._next_backfill:
-            self._next_backfill = now + BACKFILL_EVERY_S
-            self.backfill()
+            # small batches during a session (observations must not wait), larger ones when idle;
+            # a full batch means more is waiting: go on at the next tick
+            batch = BACKFILL_BATCH_RUNNING if self._running is not None else BACKFILL_BATCH_IDLE
+            more = self.backfill(limit=batch) >= batch
+            self._next_backfill = now if more else now + BACKFILL_EVERY_S
         if now >= self._next_retention and self._running is None:
             self._next_retention = now + RETENTION_EVERY_S
             self._apply_retention()
@@ -543,43 +548,50 @@ class Recorder:
             log.info("retention: removed %d sessions older than %d days", len(removed),
                      self.config.store.retention_days)
 
-    def backfill(self) -> int:
-        """Queue for the hub what is stored but not marked published (after a crash); returns the count."""
+    def backfill(self, limit: int | None = None) -> int:
+        """Queue for the hub what is stored but not marked published (after a crash); returns the count.
+
+        At most `limit` items per call: each is an fsync'd outbox write, and this runs on the
+        recorder thread, which must keep beating its heartbeat and keep up with a live session.
+        """
         hub = self.hub
         if hub is None:
             return 0
         max_age = self.config.hub.outbox_max_age_hours
         since = datetime.now(UTC) - timedelta(hours=max_age) if max_age else None
-        try:
-            backlog = self.store.unpublished(since)
-        except StoreError as exc:
-            self._store_failed(exc)
-            return 0
         current = self._running.session_id if self._running else None
         queued = 0
-        for record, items in backlog:
-            if record.id == current:
-                continue  # the live session publishes its own items as it goes
-            summary = None
-            for item in items:
-                if item == "started":
-                    self._publish(record.id, item, lambda r=record: hub.publish_session(
-                        r.id, "started", patient_id=r.patient_id, event_key="started"))
-                elif item.startswith("window:"):
-                    row = self.store.window(record.id, int(item.split(":", 1)[1]))
-                    if row is not None:
-                        self._publish(record.id, item, lambda r=record, w=row, i=item: hub.publish_mood(
-                            r.id, w, event_key=i))
-                elif item == "ended":
-                    summary = self.store.summary(record.id)
-                    if summary is not None:
-                        self._publish_end(record.id, record.patient_id, record.state, record.end_reason,
-                                          record.duration_s, record.windows, summary.summary, summary.deviation)
-                queued += 1
-        if queued:
-            log.info("hub: queued %d stored events that had not reached the outbox", queued)
+        try:
+            backlog = self.store.unpublished(since)
+            for record, items in backlog:
+                if record.id == current:
+                    continue  # the live session publishes its own items as it goes
+                for item in items:
+                    if limit is not None and queued >= limit:
+                        return queued
+                    if item == "started":
+                        self._publish(record.id, item, lambda r=record: hub.publish_session(
+                            r.id, "started", patient_id=r.patient_id, event_key="started"))
+                    elif item.startswith("window:"):
+                        row = self.store.window(record.id, int(item.split(":", 1)[1]))
+                        if row is not None:
+                            self._publish(record.id, item, lambda r=record, w=row, i=item: hub.publish_mood(
+                                r.id, w, event_key=i))
+                    elif item == "ended":
+                        summary = self.store.summary(record.id)
+                        if summary is not None:
+                            self._publish_end(record.id, record.patient_id, record.state, record.end_reason,
+                                              record.duration_s, record.windows, summary.summary,
+                                              summary.deviation)
+                    if self.hub_error is not None:
+                        return queued  # the outbox refuses: try again at the next backfill
+                    queued += 1
+        except StoreError as exc:
+            self._store_failed(exc)
+        finally:
+            if queued:
+                log.info("hub: queued %d stored events that had not reached the outbox", queued)
         return queued
-
 
 def running_generation(view: SessionView, state: str) -> int:
     """The generation whose observations still count: the current one, or while ending the one before."""

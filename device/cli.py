@@ -188,14 +188,23 @@ def cmd_session(args: argparse.Namespace) -> int:
     return 0
 
 
-def _minutes(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of minutes: {text!r}") from None
-    if not 0.05 <= value <= 720:
-        raise argparse.ArgumentTypeError(f"must be between 0.05 and 720 minutes (got {text})")
-    return value
+def bounded(convert: Callable[[str], Any], low: float, high: float, what: str, unit: str = ""
+            ) -> Callable[[str], Any]:
+    """An argparse type: `convert` the text, then require low <= value <= high (one-line errors)."""
+
+    def parse(text: str) -> Any:
+        try:
+            value = convert(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
+        if not low <= value <= high:
+            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}{unit} (got {text})")
+        return value
+
+    return parse
+
+
+_minutes = bounded(float, 0.05, 720, "a number of minutes", " minutes")
 
 
 def cmd_fetch_models(args: argparse.Namespace) -> int:

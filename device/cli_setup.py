@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from device.cli import bounded
 from device.config import DEFAULT_CONFIG_PATH, load_config
 from device.errors import AffectboxError
 
@@ -24,24 +25,8 @@ _CHANGE_FLAGS = ("device_id", "site", "room", "hub_host", "no_hub", "hub_port", 
                  "hub_password_file", "no_hub_auth", "web_password_file")
 
 
-def _positive_seconds(text: str) -> float:
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a number of seconds: {text!r}") from None
-    if not 0.1 <= value <= 600:
-        raise argparse.ArgumentTypeError(f"must be between 0.1 and 600 seconds (got {text})")
-    return value
-
-
-def _port(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a port number: {text!r}") from None
-    if not 0 <= value <= 65535:
-        raise argparse.ArgumentTypeError(f"must be between 0 and 65535 (got {text})")
-    return value
+_positive_seconds = bounded(float, 0.1, 600, "a number of seconds", " seconds")
+_port = bounded(int, 0, 65535, "a port number")
 
 
 def _os_error(exc: OSError) -> AffectboxError:

@@ -194,23 +194,13 @@ def read_for(backend: Any, seconds: float, *, max_samples: int | None, wall_limi
 
 def _camera_backend(config: Config, options: SelftestOptions) -> tuple[Any | None, str]:
     """(backend or None, what it is / why there is none)."""
-    from device.capture.live import ReplayCamera, open_camera
+    from device.capture.live import ReplayCamera, camera_from_config
 
-    capture = config.capture
     if options.camera_file is not None:
         return ReplayCamera(options.camera_file, realtime=False, fps=config.face.analysis_fps), \
             f"replay {options.camera_file.name}"
-    kind = capture.camera
-    if kind == "none":
-        return None, "capture.camera = none"
-    if kind == "auto":
-        try:
-            importlib.import_module("picamera2")
-            kind = "picamera2"
-        except Exception:
-            kind = "opencv"
-    device: int | str = capture.camera_device
-    return open_camera(kind, device, capture.width, capture.height, capture.fps), f"{kind}:{device}"
+    backend = camera_from_config(config.capture)
+    return backend, backend.name if backend is not None else "capture.camera = none"
 
 
 def check_camera_and_face(config: Config, options: SelftestOptions) -> list[CheckResult]:
@@ -285,16 +275,16 @@ def check_camera_and_face(config: Config, options: SelftestOptions) -> list[Chec
 
 
 def _microphone_backend(config: Config, options: SelftestOptions) -> tuple[Any | None, str]:
-    from device.capture.live import ReplayMicrophone, open_microphone
+    from device.capture.live import ReplayMicrophone, microphone_from_config
 
     block_ms = config.speech.block_ms
     if options.microphone_file is not None:
         return ReplayMicrophone(options.microphone_file, block_ms, realtime=False), \
             f"replay {options.microphone_file.name}"
-    if config.capture.microphone == "none":
+    backend = microphone_from_config(config.capture, block_ms)
+    if backend is None:
         return None, "capture.microphone = none"
-    device = config.capture.microphone_device or None
-    return open_microphone("sounddevice", device, block_ms), f"sounddevice:{device or 'default'}"
+    return backend, f"sounddevice:{config.capture.microphone_device or 'default'}"
 
 
 def dbfs(pcm: np.ndarray) -> float:

@@ -37,12 +37,15 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Generic, Protocol, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, Protocol, TypeVar
 
 import numpy as np
 
 from device.errors import AffectboxError
 from device.observation import SAMPLE_RATE, AudioBlock, Frame
+
+if TYPE_CHECKING:
+    from device.config import CaptureConfig
 
 log = logging.getLogger(__name__)
 
@@ -607,3 +610,28 @@ def open_microphone(kind: str, device: int | str | None = None, block_ms: int = 
             raise CaptureError("microphone kind 'replay' needs a file path as its device")
         return ReplayMicrophone(device, block_ms)
     raise CaptureError(f"unknown microphone kind {kind!r} (expected one of: {', '.join(MICROPHONE_KINDS)})")
+
+
+def camera_from_config(capture: CaptureConfig) -> Backend | None:
+    """The configured camera, not yet open; None for `capture.camera = "none"`.
+
+    "auto" takes picamera2 when it imports (any failure counts: on Bookworm it can fail on a
+    NumPy ABI mismatch), else OpenCV. Shared by the daemon and `affectbox selftest`.
+    """
+    kind = capture.camera
+    if kind == "none":
+        return None
+    if kind == "auto":
+        try:
+            importlib.import_module("picamera2")
+            kind = "picamera2"
+        except Exception:
+            kind = "opencv"
+    return open_camera(kind, capture.camera_device, capture.width, capture.height, capture.fps)
+
+
+def microphone_from_config(capture: CaptureConfig, block_ms: int) -> Backend | None:
+    """The configured microphone, not yet open; None for `capture.microphone = "none"`."""
+    if capture.microphone == "none":
+        return None
+    return open_microphone(capture.microphone, capture.microphone_device or None, block_ms)

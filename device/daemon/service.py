@@ -38,8 +38,8 @@ from device.capture.live import (
     ReplayCamera,
     ReplayMicrophone,
     Sample,
-    open_camera,
-    open_microphone,
+    camera_from_config,
+    microphone_from_config,
 )
 from device.capture.probe import probe_media
 from device.config import Config
@@ -133,20 +133,11 @@ class Daemon:
                 return None
             backend: Backend = ReplayCamera(self.replay_video, realtime=True, fps=capture.fps,
                                              speed=self.replay_speed)
-        elif capture.camera == "none":
-            return None
         else:
-            kind = capture.camera
-            if kind == "auto":
-                try:
-                    import picamera2  # noqa: F401
-
-                    kind = "picamera2"
-                except ImportError:
-                    kind = "opencv"
-            device: int | str = int(capture.camera_device) if capture.camera_device.isdigit() \
-                else capture.camera_device
-            backend = open_camera(kind, device, capture.width, capture.height, capture.fps)
+            camera = camera_from_config(capture)
+            if camera is None:
+                return None
+            backend = camera
         if self.replay_loop and self.replay_video is not None:
             backend = Looping(backend)
         return self.faults.wrap(backend, "camera")
@@ -164,13 +155,11 @@ class Daemon:
             backend: Backend = ReplayMicrophone(path, block_ms, realtime=True, speed=self.replay_speed)
             if self.replay_loop:
                 backend = Looping(backend)
-        elif capture.microphone == "none":
-            return None
         else:
-            device: int | str | None = capture.microphone_device or None
-            if isinstance(device, str) and device.isdigit():
-                device = int(device)
-            backend = open_microphone(capture.microphone, device, block_ms)
+            microphone = microphone_from_config(capture, block_ms)
+            if microphone is None:
+                return None
+            backend = microphone
         return self.faults.wrap(backend, "microphone")
 
     def start(self) -> None:

@@ -35,8 +35,8 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from device.config import HubConfig
-from device.hub import HubClient, Outbox
 from device.labels import LABELS
+from device.uplink import HubClient, Outbox
 
 HOST = "127.0.0.1"
 

@@ -159,7 +159,7 @@ _DEVICE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 @dataclass(frozen=True)
 class HubConfig:
-    """The MQTT link to the clinic hub (device/hub, docs/MQTT.md); secrets come from credential files."""
+    """The MQTT link to the clinic hub (device/uplink, docs/MQTT.md); secrets come from credential files."""
 
     enabled: bool = _opt(False, "publish aggregated mood events to the clinic hub over MQTT")
     host: str = _opt("", "the broker's host name or IP address (required when enabled)")
@@ -458,7 +458,7 @@ def hub_plaintext_problem(hub: HubConfig) -> str | None:
 
 
 def hub_config_problems(hub: HubConfig) -> list[str]:
-    """Relations between [hub] keys, one message per problem (also checked by device.hub.client)."""
+    """Relations between [hub] keys, one message per problem (also checked by device.uplink.client)."""
     problems: list[str] = []
     if hub.enabled and not hub.host.strip():
         problems.append("hub.host: must be set when hub.enabled = true")

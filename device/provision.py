@@ -666,8 +666,8 @@ def _password(folder: Path | None, name: str) -> str:
 
 
 def _ssl_context(hub: HubConfig, secrets_dir: Path | None) -> ssl.SSLContext:
-    """The same TLS settings as the daemon's hub client (device.hub.client.make_ssl_context)."""
-    from device.hub.client import make_ssl_context
+    """The same TLS settings as the daemon's hub client (device.uplink.client.make_ssl_context)."""
+    from device.uplink.client import make_ssl_context
 
     key = _read_hub_secret(secrets_dir, hub.key_file, "TLS key") if hub.cert_file else None
     try:
@@ -789,7 +789,7 @@ def _mqtt_steps(hub: HubConfig, device_id: str, port: int, context: ssl.SSLConte
     import paho.mqtt.client as mqtt
     from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
-    from device.hub.topics import Topics
+    from device.contract.topics import Topics
 
     topics = Topics.for_device(hub.topic_prefix, device_id)
     check_topic = f"{topics.prefix}/{CHECK_TOPIC}"

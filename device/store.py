@@ -70,6 +70,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 
 from device.aggregate import Window, summarize
+from device.contract.ids import OPAQUE_ID_PATTERN
 from device.errors import AffectboxError
 from device.labels import LABELS
 from device.sqlite_file import BUSY_TIMEOUT_MS, explain_error, open_durable, write_transaction
@@ -79,7 +80,7 @@ if TYPE_CHECKING:
     from device.config import StoreConfig
 
 SCHEMA_VERSION = 2
-PATIENT_ID_PATTERN = r"[A-Za-z0-9._-]{1,64}"
+PATIENT_ID_PATTERN = OPAQUE_ID_PATTERN  # patients are opaque ids (device.contract.ids)
 _PATIENT_ID_RE = re.compile(PATIENT_ID_PATTERN)
 STATES = ("running", "ended", "interrupted")
 END_STATES = ("ended", "interrupted")

@@ -34,7 +34,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from device.hub import payloads
+from device.contract import payloads
 
 MOSQUITTO = shutil.which("mosquitto")
 needs_broker = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (./setup.sh --dev installs it)")
@@ -42,7 +42,7 @@ HOST = "127.0.0.1"
 
 
 def validate(name: str, payload: Any) -> None:
-    """Validate a payload against its JSON Schema (device/hub/schemas), formats included."""
+    """Validate a payload against its JSON Schema (device/contract/schemas), formats included."""
     schema = payloads.load_schema(name)
     jsonschema.Draft202012Validator(schema, format_checker=jsonschema.FormatChecker()).validate(payload)
 

@@ -31,8 +31,8 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from device.daemon.control import send_request
-from device.hub.client import COMMAND_MAX_BYTES
 from device.store import PATIENT_ID_PATTERN, Store
+from device.uplink.client import COMMAND_MAX_BYTES
 from tests.daemon_harness import DaemonProcess, write_config
 from tests.mqtt_support import Broker, Observer, Relay, availability, events, needs_broker, validate, wait_until
 
@@ -543,7 +543,7 @@ FIELDS = {"start_session": ({"patient_id"}, {"max_duration_s"}), "stop_session":
 
 
 def is_valid(name: str, body: bytes) -> bool:
-    """docs/MQTT.md's rules for a valid request, written independently of device.hub.client.parse_command."""
+    """docs/MQTT.md's rules for a valid request, written independently of device.uplink.client.parse_command."""
     if name not in FIELDS or len(body) > COMMAND_MAX_BYTES:
         return False
     try:

@@ -1,4 +1,4 @@
-"""The hub link (device/hub, docs/MQTT.md) against a real Mosquitto broker on 127.0.0.1.
+"""The hub link (device/uplink, docs/MQTT.md) against a real Mosquitto broker on 127.0.0.1.
 
 Brokers are started by fixtures on a free loopback port with a generated config and stopped in
 teardown; a second kind has TLS (certificates made here with the openssl CLI) and a password
@@ -38,13 +38,14 @@ from paho.mqtt.properties import Properties
 
 from device.aggregate import WindowAggregator, summarize
 from device.config import AggregationConfig, HubConfig, config_from_dict
+from device.contract import payloads
+from device.contract.topics import OPAQUE_ID_PATTERN, Topics
 from device.errors import AffectboxError, ConfigError, HubError
-from device.hub import HubClient, Outbox, RateLimitedLog, parse_command, payloads
-from device.hub.client import COMMAND_MAX_BYTES
-from device.hub.topics import OPAQUE_ID_PATTERN, Topics
 from device.labels import LABELS
 from device.observation import Observation
 from device.store import PATIENT_ID_PATTERN, deviation
+from device.uplink import HubClient, Outbox, RateLimitedLog, parse_command
+from device.uplink.client import COMMAND_MAX_BYTES
 from tests.mqtt_support import (
     HOST,
     Broker,
@@ -181,7 +182,7 @@ def start_client(clients: list[HubClient], config: HubConfig, outbox_path: Path,
 CHILD = r"""
 import json, sys
 from device.config import HubConfig
-from device.hub import HubClient, Outbox
+from device.uplink import HubClient, Outbox
 
 class Handler:
     def start_session(self, patient_id, max_duration_s): return {"session_id": "s-child"}

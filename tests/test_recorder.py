@@ -22,10 +22,10 @@ from device.daemon.recorder import Recorder, RecorderBusyError
 from device.daemon.service import Daemon
 from device.errors import AffectboxError
 from device.health import Heartbeats, SystemdNotifier
-from device.hub.outbox import OutboxError
 from device.labels import LABELS
 from device.observation import Observation
 from device.store import StorageError, Store
+from device.uplink.outbox import OutboxError
 
 pytestmark = pytest.mark.timeout(60)
 

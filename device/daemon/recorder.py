@@ -38,7 +38,7 @@ from device.store import SessionStateError, StorageError, Store, StoreError, val
 
 if TYPE_CHECKING:
     from device.daemon.faults import Faults
-    from device.hub.client import HubClient
+    from device.uplink.client import HubClient
 
 log = logging.getLogger(__name__)
 

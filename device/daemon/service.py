@@ -240,8 +240,8 @@ class Daemon:
                  self.device_id, self.camera_name, self.microphone_name, config.control.socket)
 
     def _start_hub(self) -> None:
-        from device.hub.client import HubClient
-        from device.hub.outbox import Outbox
+        from device.uplink.client import HubClient
+        from device.uplink.outbox import Outbox
 
         outbox = Outbox.from_config(self.config.hub)
         self.hub = HubClient(self.config.hub, self.device_id, credentials_dir(), outbox, _HubCommands(self))
@@ -467,7 +467,7 @@ class Daemon:
 
 
 class _HubCommands:
-    """The hub's commands, answered by the daemon (device.hub.client.CommandHandler)."""
+    """The hub's commands, answered by the daemon (device.uplink.client.CommandHandler)."""
 
     def __init__(self, daemon: Daemon) -> None:
         self.daemon = daemon

@@ -10,16 +10,16 @@ from __future__ import annotations
 import re
 from dataclasses import dataclass
 
+from device.contract.ids import OPAQUE_ID_PATTERN, is_opaque_id
 from device.errors import HubError
 
-OPAQUE_ID_PATTERN = r"[A-Za-z0-9._-]{1,64}"  # the same alphabet as device.store.PATIENT_ID_PATTERN
-_OPAQUE_ID_RE = re.compile(OPAQUE_ID_PATTERN)
+__all__ = ["COMMAND_NAME_RE", "OPAQUE_ID_PATTERN", "Topics", "validate_device_id"]
 COMMAND_NAME_RE = re.compile(r"[a-z][a-z0-9_]{0,31}")
 
 
 def validate_device_id(device_id: object) -> str:
     """Return the device id unchanged if it is 1-64 characters of [A-Za-z0-9._-]; raise HubError otherwise."""
-    if not isinstance(device_id, str) or not _OPAQUE_ID_RE.fullmatch(device_id):
+    if not is_opaque_id(device_id):
         raise HubError(f"device id {device_id!r} must be 1-64 characters of A-Z a-z 0-9 . _ - "
                        "(it is part of every MQTT topic and of the client id)")
     return device_id

@@ -16,7 +16,7 @@ is docs/MQTT.md; the rules it follows come from ARCHITECTURE.md:
   the will, so `offline` has to be published by hand).
 - Events: `publish_session/mood/summary` number the event (per-session `seq`), commit it to the
   outbox and wake the worker thread; the worker feeds paho at most `hub.max_inflight` rows at a
-  time and deletes each row when its PUBACK arrives (see device/hub/outbox.py for why message
+  time and deletes each row when its PUBACK arrives (see device/uplink/outbox.py for why message
   ids are mapped per connection). paho's own queue is bounded (`max_queued_messages_set`).
 - Reconnects use paho's exponential backoff (`reconnect_delay_set`, from `hub.reconnect_min_s`
   to `hub.reconnect_max_s`). Repeated identical problems are logged once, then counted
@@ -67,11 +67,11 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from device import __version__
 from device.config import HUB_COMMANDS, HUB_DEFAULT_PORTS, HubConfig, hub_config_problems
+from device.contract import payloads
+from device.contract.topics import OPAQUE_ID_PATTERN, Topics, validate_device_id
 from device.credentials import CredentialError, check_secret_permissions
 from device.errors import AffectboxError, HubError
-from device.hub import payloads
-from device.hub.outbox import Outbox
-from device.hub.topics import OPAQUE_ID_PATTERN, Topics, validate_device_id
+from device.uplink.outbox import Outbox
 
 log = logging.getLogger("affectbox.hub")
 

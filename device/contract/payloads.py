@@ -38,7 +38,7 @@ SCHEMA_VERSION = 1
 AVAILABILITY_ONLINE = "online"
 AVAILABILITY_OFFLINE = "offline"
 KINDS = ("info", "status", "session", "mood", "summary", "command_result")
-SCHEMA_NAMES = ("availability", *KINDS, "command")  # one file per name in device/hub/schemas/
+SCHEMA_NAMES = ("availability", *KINDS, "command")  # one file per name in device/contract/schemas/
 SESSION_EVENTS = ("started", "ended", "interrupted")
 MODALITIES = ("face", "speech")
 ERROR_CODES = ("malformed", "too_large", "unknown_command", "disabled", "invalid", "refused", "internal")
@@ -331,5 +331,5 @@ def load_schema(name: str) -> dict[str, Any]:
     """The JSON Schema (draft 2020-12) of one payload, shipped as package data."""
     if name not in SCHEMA_NAMES:
         raise ValueError(f"no schema named {name!r} (known: {', '.join(SCHEMA_NAMES)})")
-    text = resources.files("device.hub").joinpath("schemas", f"{name}.schema.json").read_text(encoding="utf-8")
+    text = resources.files("device.contract").joinpath("schemas", f"{name}.schema.json").read_text(encoding="utf-8")
     return json.loads(text)

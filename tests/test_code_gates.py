@@ -1,0 +1,157 @@
+"""Gates that keep the code's shape: ruff clean, no new import cycle, the contract's import rule.
+
+CI may only run the README's commands, so the gates live in the test suite. The import graph is
+read from the source with `ast` (imports inside functions included, because those are how cycles
+were hidden), not by importing anything.
+
+`KNOWN_CYCLES` is a ratchet: it lists the cycles that existed when the gate was added (issue 13).
+A new cycle fails the test; so does a listed cycle that no longer exists, so the list is shortened
+in the commit that breaks the cycle and can only shrink.
+"""
+
+from __future__ import annotations
+
+import ast
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+PACKAGES = ("device", "hub")
+
+KNOWN_CYCLES: set[frozenset[str]] = {
+    # the store recomputes summaries (store -> aggregate), aggregation reads its config types
+    # (aggregate -> config), and the config checks patient ids with the store's helper
+    frozenset({"device.aggregate", "device.config", "device.fusion", "device.store"}),
+    # the installer's subcommands import the CLI's helpers, and the CLI registers them
+    frozenset({"device.cli", "device.cli_setup"}),
+}
+
+# What the device-to-hub contract may import from the project: the hub imports it unchanged, so
+# it must not pull in the pipeline, the store or the MQTT client.
+CONTRACT_MAY_IMPORT = ("device.contract", "device.labels", "device.errors")
+
+
+def _project_modules() -> dict[str, Path]:
+    modules: dict[str, Path] = {}
+    for package in PACKAGES:
+        for path in (REPO / package).rglob("*.py"):
+            parts = list(path.relative_to(REPO).with_suffix("").parts)
+            if parts[-1] == "__init__":
+                parts.pop()
+            modules[".".join(parts)] = path
+    return modules
+
+
+def _import_graph(modules: dict[str, Path]) -> dict[str, set[str]]:
+    """module -> the project modules it imports (anywhere in the file)."""
+
+    def resolve(name: str) -> str | None:
+        while name and name not in modules:
+            name = name.rpartition(".")[0]
+        return name or None
+
+    graph: dict[str, set[str]] = {name: set() for name in modules}
+    for name, path in modules.items():
+        is_package = path.name == "__init__.py"
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"), filename=str(path))):
+            if isinstance(node, ast.Import):
+                targets = [alias.name for alias in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                if node.level:
+                    base = name.split(".") if is_package else name.split(".")[:-1]
+                    base = base[: len(base) - (node.level - 1)]
+                    module = ".".join([*base, *([node.module] if node.module else [])])
+                else:
+                    module = node.module or ""
+                targets = [module, *(f"{module}.{alias.name}" for alias in node.names)]
+            else:
+                continue
+            for target in targets:
+                resolved = resolve(target)
+                # a module importing its own package (or itself) is not an edge of the layering
+                if resolved and resolved != name and not name.startswith(resolved + "."):
+                    graph[name].add(resolved)
+    return graph
+
+
+def _cycles(graph: dict[str, set[str]]) -> set[frozenset[str]]:
+    """Strongly connected components with more than one module (Tarjan, iterative)."""
+    index: dict[str, int] = {}
+    low: dict[str, int] = {}
+    stack: list[str] = []
+    on_stack: set[str] = set()
+    found: set[frozenset[str]] = set()
+    counter = 0
+    for root in graph:
+        if root in index:
+            continue
+        work = [(root, iter(sorted(graph[root])))]
+        index[root] = low[root] = counter
+        counter += 1
+        stack.append(root)
+        on_stack.add(root)
+        while work:
+            node, children = work[-1]
+            child = next(children, None)
+            if child is not None:
+                if child not in index:
+                    index[child] = low[child] = counter
+                    counter += 1
+                    stack.append(child)
+                    on_stack.add(child)
+                    work.append((child, iter(sorted(graph[child]))))
+                elif child in on_stack:
+                    low[node] = min(low[node], index[child])
+                continue
+            work.pop()
+            if work:
+                parent = work[-1][0]
+                low[parent] = min(low[parent], low[node])
+            if low[node] == index[node]:
+                component = set()
+                while True:
+                    member = stack.pop()
+                    on_stack.discard(member)
+                    component.add(member)
+                    if member == node:
+                        break
+                if len(component) > 1:
+                    found.add(frozenset(component))
+    return found
+
+
+def test_the_cycle_finder_finds_a_cycle() -> None:
+    graph = {"a": {"b"}, "b": {"c"}, "c": {"a"}, "d": {"a"}}
+    assert _cycles(graph) == {frozenset({"a", "b", "c"})}
+    assert _cycles({"a": {"b"}, "b": set()}) == set()
+
+
+def test_no_new_import_cycle_and_the_known_ones_still_listed() -> None:
+    cycles = _cycles(_import_graph(_project_modules()))
+    new = cycles - KNOWN_CYCLES
+    assert not new, f"new import cycle(s): {[sorted(c) for c in new]}; break them (see device/README.md)"
+    gone = KNOWN_CYCLES - cycles
+    assert not gone, f"cycle(s) no longer exist, remove them from KNOWN_CYCLES: {[sorted(c) for c in gone]}"
+
+
+def test_the_contract_imports_only_what_the_hub_can_share() -> None:
+    graph = _import_graph(_project_modules())
+    contract = [name for name in graph if name == "device.contract" or name.startswith("device.contract.")]
+    assert contract, "device.contract not found"
+    bad = {name: sorted(target for target in graph[name]
+                        if not any(target == allowed or target.startswith(allowed + ".")
+                                   for allowed in CONTRACT_MAY_IMPORT))
+           for name in contract}
+    assert not any(bad.values()), f"device.contract imports beyond {CONTRACT_MAY_IMPORT}: {bad}"
+
+
+def test_ruff_check_is_clean() -> None:
+    ruff = Path(sys.executable).with_name("ruff")
+    if not ruff.exists():
+        pytest.skip(f"ruff is not installed next to {sys.executable} (./setup.sh --dev installs it)")
+    result = subprocess.run([str(ruff), "check", "--quiet", "--no-cache", str(REPO)], cwd=REPO,
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, f"ruff check found problems:\n{result.stdout}{result.stderr}"

@@ -187,6 +187,10 @@ def cmd_session(args: argparse.Namespace) -> int:
     elif args.action == "start":
         print(f"session {result['session_id']} started for patient {result['patient_id']} "
               f"(stops by itself after {result['max_duration_s'] / 60:.0f} min)")
+    elif result.get("stored") is False:  # the disk is full (or failing): say so, never a stored count
+        print(f"session {result['session_id']} {result['state']} after {result.get('duration_s', 0):.0f} s with "
+              f"{result.get('windows', 0)} windows; NOT stored yet: "
+              f"{result.get('pending', 'storing is pending (see the daemon log)')}")
     else:
         print(f"session {result['session_id']} {result['state']} after {result.get('duration_s', 0):.0f} s, "
               f"{result.get('windows', 0)} windows stored")

@@ -14,16 +14,22 @@ clients together so that many addresses cannot brute-force the password in paral
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
+import ctypes.util
 import hashlib
 import hmac
 import ipaddress
 import math
+import queue
 import secrets
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from device.credentials import verify_password
 
 COOKIE_NAME = "affectbox_login"
 CSRF_HEADER = "X-CSRF-Token"
@@ -140,7 +146,7 @@ class LoginRateLimiter:
         self.window_s = window_s
         self._clock = clock
         self._max_clients = max_clients
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._clients: OrderedDict[str, deque[float]] = OrderedDict()
         self._all: deque[float] = deque()
 
@@ -167,6 +173,27 @@ class LoginRateLimiter:
             return None
         return max(1, math.ceil(max(waits)))
 
+    def reserve(self, key: str) -> int | None:
+        """Check and count one attempt in one step (so that concurrent attempts cannot all pass the
+        check before any is counted): None when it may go ahead (it counts as failed until
+        `forgive`), else the seconds to wait."""
+        with self._lock:  # re-entered below; RLock
+            wait = self.retry_after(key)
+            if wait is None:
+                self.failed(key)
+            return wait
+
+    def forgive(self, key: str) -> None:
+        """Take back the attempt `reserve` counted, for a login that succeeded."""
+        with self._lock:
+            times = self._clients.get(key)
+            if times:
+                stamp = times.pop()
+                with contextlib.suppress(ValueError):
+                    self._all.remove(stamp)
+                if not times:
+                    del self._clients[key]
+
     def failed(self, key: str) -> None:
         """Count one failed attempt of this client."""
         now = self._clock()
@@ -181,3 +208,68 @@ class LoginRateLimiter:
             self._all.append(now)
             while len(self._all) > self.overall:
                 self._all.popleft()
+
+
+class VerifierBusy(Exception):
+    """Too many password checks are waiting; the login is refused for now (503)."""
+
+
+def _release_freed_memory() -> None:
+    """Give the freed scrypt buffer back to the system (glibc keeps it in the thread's arena otherwise)."""
+    if _MALLOC_TRIM is not None:
+        _MALLOC_TRIM(0)
+
+
+def _find_malloc_trim() -> Callable[[int], int] | None:
+    name = ctypes.util.find_library("c")
+    try:
+        return ctypes.CDLL(name).malloc_trim if name else None  # type: ignore[no-any-return]
+    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        return None
+
+
+_MALLOC_TRIM = _find_malloc_trim()
+
+
+class PasswordVerifier:
+    """Password checks one at a time on one thread, with a bounded queue.
+
+    An scrypt check allocates 16 MiB (n = 2**14, r = 8). Run on whichever server thread took the
+    request, each of those threads' malloc arenas ends up holding such a buffer for good (8 failed
+    logins took the daemon from 129 to 244 MB). One thread, one arena, trimmed after every check,
+    keeps the memory bounded and returned; the queue bounds how many logins wait for their turn.
+    """
+
+    def __init__(self, max_waiting: int = 8) -> None:
+        self._jobs: queue.Queue[tuple[str, str, queue.Queue[bool | BaseException]]] = queue.Queue(max_waiting)
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def verify(self, password: str, stored: str, timeout_s: float = 30.0) -> bool:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="password-check", daemon=True)
+                self._thread.start()
+        answer: queue.Queue[bool | BaseException] = queue.Queue(1)
+        try:
+            self._jobs.put_nowait((password, stored, answer))
+        except queue.Full:
+            raise VerifierBusy("too many logins at once; try again in a few seconds") from None
+        try:
+            result = answer.get(timeout=timeout_s)
+        except queue.Empty:
+            raise VerifierBusy("the password check took too long; try again") from None
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _run(self) -> None:
+        while True:
+            password, stored, answer = self._jobs.get()
+            try:
+                answer.put(verify_password(password, stored))
+            except BaseException as exc:  # handed to the waiting request
+                answer.put(exc)
+            finally:
+                del password
+                _release_freed_memory()

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
-import ctypes.util
 import hashlib
 import hmac
 import ipaddress
@@ -214,21 +213,36 @@ class VerifierBusy(Exception):
     """Too many password checks are waiting; the login is refused for now (503)."""
 
 
-def _release_freed_memory() -> None:
-    """Give the freed scrypt buffer back to the system (glibc keeps it in the thread's arena otherwise)."""
-    if _MALLOC_TRIM is not None:
-        _MALLOC_TRIM(0)
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD_BYTES = 8 << 20
 
 
-def _find_malloc_trim() -> Callable[[int], int] | None:
-    name = ctypes.util.find_library("c")
+def _glibc() -> ctypes.CDLL | None:
     try:
-        return ctypes.CDLL(name).malloc_trim if name else None  # type: ignore[no-any-return]
-    except (OSError, AttributeError):  # not glibc (musl, macOS): nothing to trim
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 (glibc only)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): its allocator has no such knobs
         return None
+    return libc
 
 
-_MALLOC_TRIM = _find_malloc_trim()
+_LIBC = _glibc()
+_threshold_pinned = False
+
+
+def _pin_mmap_threshold() -> None:
+    """Make allocations of 8 MiB and more (the scrypt buffer) always mmapped, so that freeing one
+    returns it to the system. glibc's default raises the threshold after the first such free, so
+    every later buffer lands in a malloc arena and stays resident."""
+    global _threshold_pinned
+    if _LIBC is not None and not _threshold_pinned:
+        _LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        _threshold_pinned = True
+
+
+def _release_freed_memory() -> None:
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
 
 
 class PasswordVerifier:
@@ -241,6 +255,7 @@ class PasswordVerifier:
     """
 
     def __init__(self, max_waiting: int = 8) -> None:
+        _pin_mmap_threshold()
         self._jobs: queue.Queue[tuple[str, str, queue.Queue[bool | BaseException]]] = queue.Queue(max_waiting)
         self._thread: threading.Thread | None = None
         self._start_lock = threading.Lock()

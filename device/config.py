@@ -197,6 +197,9 @@ class HubConfig:
         168.0, "queued events older than this are dropped; 0 = no age bound", min=0.0, max=8760.0
     )
     max_inflight: int = _opt(10, "events handed to the broker and not yet acknowledged, at most", min=1, max=100)
+    response_topic_prefix: str = _opt(
+        "", "MQTT 5 response topics of commands are honoured only under this prefix (e.g. \"clinic-hub/replies\"); "
+            "empty = results go only to the device's own cmd/<name>/result topics")
 
 
 @dataclass(frozen=True)
@@ -505,6 +508,18 @@ def hub_config_problems(hub: HubConfig) -> list[str]:
                             f"braces other than {{device_id}}, empty levels or a leading '$' (got {prefix!r})")
     if not hub.outbox_path.strip():
         problems.append("hub.outbox_path: must not be empty")
+    replies = hub.response_topic_prefix
+    if replies:
+        device_root = prefix.split("{device_id}", 1)[0].rstrip("/")
+        if (len(replies) > 128 or any(c in replies for c in "+#{}\0") or replies.startswith(("/", "$"))
+                or replies.endswith("/") or "//" in replies):
+            problems.append("hub.response_topic_prefix: must be topic levels separated by '/', without wildcards, "
+                            f"braces, empty levels or a leading '$' (got {replies!r})")
+        elif not device_root or device_root == replies or device_root.startswith(replies + "/") \
+                or replies.startswith(device_root + "/"):
+            problems.append(f"hub.response_topic_prefix: {replies!r} overlaps the devices' topics "
+                            f"({prefix!r}); a requester could then make this device publish onto another "
+                            "device's topics")
     return problems
 
 

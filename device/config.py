@@ -21,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from device.contract.ids import is_opaque_id
 from device.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/affectbox/config.toml")
@@ -156,7 +157,6 @@ class StoreConfig:
 HUB_COMMANDS = ("start_session", "stop_session", "ping", "get_status")
 HUB_DEFAULT_PORTS = {"off": 1883, "on": 8883}
 _CREDENTIAL_NAME_RE = re.compile(r"[A-Za-z0-9._@-]{1,128}")
-_DEVICE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -411,8 +411,8 @@ def _validate_relations(config: Config, errors: list[str]) -> None:
     errors.extend(fusion_config_problems(config.fusion))
     errors.extend(file_setting_problems(config))
     device_id = config.device.id
-    if device_id and not _DEVICE_ID_RE.fullmatch(device_id):
-        errors.append(f"device.id: must be 1-64 characters of A-Z a-z 0-9 . _ - (got {device_id!r})")
+    if device_id and not is_opaque_id(device_id):
+        errors.append(f"device.id: must be 1-64 characters of A-Z a-z 0-9 . _ -, not only dots (got {device_id!r})")
     for key in ("state_dir",):
         value = getattr(config.device, key)
         if not value.startswith("/"):

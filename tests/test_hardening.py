@@ -177,3 +177,128 @@ def test_analyze_output_folder_is_guarded(tmp_path: Path, face_video):
     (out / "summary.json").write_text("{}")
     one_line_error(run("analyze", str(face_video.path), "--out", str(out), "--quiet"), "--force")
     assert (out / "summary.json").read_text() == "{}"
+
+
+# ---- media headers that lie ---------------------------------------------------------------------
+
+def _y4m(path: Path, width: int, height: int, rate: str = "10:1") -> Path:
+    """A YUV4MPEG2 file whose header declares `width`x`height` but holds one tiny (short) frame."""
+    path.write_bytes(f"YUV4MPEG2 W{width} H{height} F{rate} Ip A1:1 C420jpeg\n".encode() + b"FRAME\n" + b"\x80" * 4096)
+    return path
+
+
+def _wav(path: Path, rate: int, channels: int = 1, seconds_of_bytes: int = 4000) -> Path:
+    import struct
+
+    data = b"\x00\x01" * channels * seconds_of_bytes
+    block = 2 * channels
+    header = b"RIFF" + struct.pack("<I", 36 + len(data)) + b"WAVE" + b"fmt " + struct.pack(
+        "<IHHIIHH", 16, 1, channels, rate, rate * block, block, 16) + b"data" + struct.pack("<I", len(data))
+    path.write_bytes(header + data)
+    return path
+
+
+@pytest.mark.parametrize("width, height", [(16000, 16000), (7680, 4320), (5000, 100)])
+def test_huge_declared_frames_are_refused_before_decoding(tmp_path: Path, width: int, height: int):
+    video = _y4m(tmp_path / "big.y4m", width, height)
+    err = one_line_error(run("analyze", str(video), "--out", str(tmp_path / "o"), "--quiet"),
+                         f"{width}x{height}", "4096")
+    assert "big.y4m" in err
+    assert not (tmp_path / "o" / "report.html").exists()
+
+
+@pytest.mark.parametrize("rate, channels, fragment", [
+    (1, 1, "1 Hz"), (100, 1, "100 Hz"), (1_000_000, 1, "1000000 Hz"), (16000, 64, "64 audio channels"),
+])
+def test_impossible_sample_rates_and_channels_are_refused(tmp_path: Path, rate: int, channels: int, fragment: str):
+    audio = _wav(tmp_path / "lying.wav", rate, channels)
+    one_line_error(run("analyze", str(audio), "--out", str(tmp_path / "o"), "--quiet"), "lying.wav", fragment)
+
+
+def test_an_absurd_declared_duration_is_refused(tmp_path: Path):
+    """A real Matroska file whose Duration element claims 300 hours."""
+    import struct
+
+    import av
+    import numpy as np
+
+    path = tmp_path / "long.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 64, "yuv420p"
+        for i in range(5):
+            frame = av.VideoFrame.from_ndarray(np.full((64, 64, 3), i * 40, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    data = bytearray(path.read_bytes())
+    for marker, fmt in ((b"\x44\x89\x88", ">d"), (b"\x44\x89\x84", ">f")):
+        at = data.find(marker)
+        if at >= 0:
+            data[at + 3:at + 3 + struct.calcsize(fmt)] = struct.pack(fmt, 300 * 3600 * 1000.0)  # ms
+            break
+    else:
+        pytest.skip("this FFmpeg wrote no Matroska Duration element")
+    path.write_bytes(bytes(data))
+    one_line_error(run("analyze", str(path), "--out", str(tmp_path / "o"), "--quiet"), "long.mkv", "300.0 h", "12 h")
+
+
+def test_frames_larger_than_the_analysis_needs_are_scaled_down_early(tmp_path: Path):
+    import av
+    import numpy as np
+
+    from device.capture.probe import ANALYSIS_MAX_SIDE
+    from device.capture.video_file import VideoFileSource
+
+    path = tmp_path / "qhd.mkv"
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("mpeg4", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 2560, 1440, "yuv420p"
+        for i in range(3):
+            frame = av.VideoFrame.from_ndarray(np.full((1440, 2560, 3), i * 60, np.uint8), format="rgb24")
+            container.mux(stream.encode(frame))
+        container.mux(stream.encode(None))
+    shapes = {frame.image.shape for frame in VideoFileSource(path, 10.0)}
+    assert shapes == {(1080, ANALYSIS_MAX_SIDE, 3)}
+
+
+# ---- ids made only of dots -----------------------------------------------------------------------
+
+@pytest.mark.parametrize("value", [".", "..", "...", "." * 64])
+def test_ids_made_only_of_dots_are_refused_everywhere(value: str, tmp_path: Path):
+    from device.config import config_from_dict
+    from device.contract.ids import is_opaque_id
+    from device.contract.topics import validate_device_id
+    from device.errors import ConfigError, HubError
+    from device.store import PatientIdError, validate_patient_id
+    from device.uplink import parse_command
+
+    assert not is_opaque_id(value)
+    with pytest.raises(PatientIdError):
+        validate_patient_id(value)
+    with pytest.raises(HubError):
+        validate_device_id(value)
+    with pytest.raises(ConfigError, match="device.id"):
+        config_from_dict({"device": {"id": value}})
+    parsed = parse_command("start_session", f'{{"request_id": "r", "patient_id": "{value}"}}'.encode(),
+                           ("start_session",))
+    assert parsed.error_code == "invalid"
+    assert is_opaque_id("a..") and is_opaque_id(".a") and is_opaque_id("p.1")
+
+
+def test_the_schemas_and_the_api_carry_the_one_id_rule():
+    import json
+    import re
+    from importlib import resources
+
+    from device.contract.ids import OPAQUE_ID_PATTERN
+
+    texts = [(resources.files("device.contract") / "schemas" / name).read_text()
+             for name in sorted(p.name for p in (resources.files("device.contract") / "schemas").iterdir())]
+    texts.append((Path(__file__).resolve().parent.parent / "docs" / "openapi.json").read_text())
+    patterns = set()
+    for text in texts:
+        for found in re.findall(r'"pattern":\s*("(?:[^"\\]|\\.)*")', text):
+            pattern = json.loads(found)
+            if "A-Za-z0-9._-]{1,64}" in pattern:
+                patterns.add(pattern)
+    assert patterns == {f"^{OPAQUE_ID_PATTERN}$"}

@@ -45,7 +45,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from device.atomic import write_text_atomic
+from device.atomic import check_output_path, write_text_atomic
 from device.config import (
     DEFAULT_CONFIG_PATH,
     HUB_DEFAULT_PORTS,
@@ -276,6 +276,7 @@ def _openssl(*args: str, what: str) -> subprocess.CompletedProcess[str]:
 
 def make_client_key(key_path: Path) -> None:
     """A new EC P-256 private key at `key_path` (0600), generated on this device by openssl."""
+    check_output_path(key_path, overwrite=True)  # a symlink, FIFO or device there is refused, not replaced
     key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     temporary = key_path.with_name(f".{key_path.name}.{secrets.token_hex(4)}.tmp")
     try:
@@ -293,6 +294,7 @@ def make_csr(key_path: Path, csr_path: Path, device_id: str, site: str = "") -> 
     if site:
         cleaned = re.sub(r"[^A-Za-z0-9 ._-]", "_", site)[:64]
         subject = f"/O=affectbox/OU={cleaned}/CN={device_id}"
+    check_output_path(csr_path, overwrite=True)
     temporary = csr_path.with_name(f".{csr_path.name}.{secrets.token_hex(4)}.tmp")
     try:
         _openssl("req", "-new", "-key", str(key_path), "-subj", subject, "-out", str(temporary),

@@ -302,3 +302,27 @@ def test_the_schemas_and_the_api_carry_the_one_id_rule():
             if "A-Za-z0-9._-]{1,64}" in pattern:
                 patterns.add(pattern)
     assert patterns == {f"^{OPAQUE_ID_PATTERN}$"}
+
+
+def test_provision_never_replaces_a_symlink_or_fifo(tmp_path: Path):
+    """`provision` writes the config, secrets, key and CSR it is pointed at: the same guard."""
+    elsewhere = tmp_path / "elsewhere.toml"
+    elsewhere.write_text("# not yours\n")
+    config = tmp_path / "etc" / "config.toml"
+    config.parent.mkdir()
+    config.symlink_to(elsewhere)
+    state = tmp_path / "state"
+    one_line_error(run("provision", "--config", str(config), "--no-prompt", "--device-id", "dev-9",
+                       "--credentials-dir", str(tmp_path / "creds")), "symbolic link")
+    assert elsewhere.read_text() == "# not yours\n" and config.is_symlink()
+    config.unlink()
+    config.write_text(f'[device]\nstate_dir = "{state}"\n')
+    creds = tmp_path / "creds"
+    creds.mkdir(mode=0o700)
+    os.mkfifo(creds / "web-password")
+    password = tmp_path / "pw"
+    password.write_text("a long enough password\n")
+    password.chmod(0o600)
+    one_line_error(run("provision", "--config", str(config), "--no-prompt", "--credentials-dir", str(creds),
+                       "--web-password-file", str(password)), "FIFO")
+    assert stat.S_ISFIFO(os.lstat(creds / "web-password").st_mode)

@@ -277,7 +277,7 @@ def test_ids_made_only_of_dots_are_refused_everywhere(value: str, tmp_path: Path
         validate_patient_id(value)
     with pytest.raises(HubError):
         validate_device_id(value)
-    with pytest.raises(ConfigError, match="device.id"):
+    with pytest.raises(ConfigError, match=r"device\.id"):
         config_from_dict({"device": {"id": value}})
     parsed = parse_command("start_session", f'{{"request_id": "r", "patient_id": "{value}"}}'.encode(),
                            ("start_session",))

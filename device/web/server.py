@@ -35,7 +35,7 @@ log = logging.getLogger(__name__)
 THREADS = 4  # handlers for concurrent requests; the page polls, so a kiosk plus a laptop need two
 CONNECTION_LIMIT = 100  # open connections; past it the longest-waiting half-open one is closed for a new one
 CHANNEL_TIMEOUT_S = 30  # idle keep-alive connections are closed after this long
-HEADER_TIMEOUT_S = 10.0  # a request's head must arrive within this long (slowloris: one line every few s)
+REQUEST_TIMEOUT_S = 10.0  # a whole request (head and body, <= 16 KiB) must arrive within this long (slowloris)
 CLEANUP_INTERVAL_S = 1  # how often connections are checked against the two timeouts
 MAX_REQUEST_BODY = 1 << 20  # waitress's own bound; the app refuses far smaller bodies itself
 LOOP_TIMEOUT_S = 0.5  # how often the loop looks at the stop flag
@@ -63,14 +63,15 @@ class GuardedChannel(HTTPChannel):
         return bool(result)
 
     def half_open(self) -> bool:
-        """Not being served and without a complete head: what a slow client holds."""
-        return not self.requests and (self.request is None or not self.request.headers_finished)
+        """Not being served and without a complete request: what a slow client (or an idle
+        keep-alive connection) holds."""
+        return not self.requests and (self.request is None or not self.request.completed)
 
 
 class GuardedServer(TcpWSGIServer):
     """waitress's server with the two remedies of a well-kept server against slow clients
-    (slowloris): a request head must arrive within HEADER_TIMEOUT_S of its first byte (and a new
-    connection must start one within that time), and when the connection limit is reached the
+    (slowloris, slow bodies): a request must arrive whole within REQUEST_TIMEOUT_S of its first
+    byte (and a new connection must start one within that time), and when the connection limit is reached the
     half-open connection waiting longest is closed to make room, so slow clients can never keep
     the page from accepting (waitress alone stops accepting at the limit)."""
 
@@ -88,8 +89,8 @@ class GuardedServer(TcpWSGIServer):
         for channel in list(self.active_channels.values()):
             if not isinstance(channel, GuardedChannel) or not channel.half_open():
                 continue
-            waiting_head = channel.request is not None or channel.served == 0
-            if waiting_head and now - channel.head_started > HEADER_TIMEOUT_S:
+            waiting = channel.request is not None or channel.served == 0  # not an idle keep-alive
+            if waiting and now - channel.head_started > REQUEST_TIMEOUT_S:
                 channel.will_close = True
                 channel.handle_close()
 

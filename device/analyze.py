@@ -26,7 +26,7 @@ from typing import Any
 
 from device import __version__
 from device.aggregate import Window, WindowAggregator, summarize
-from device.atomic import atomic_writer, write_text_atomic
+from device.atomic import atomic_writer, check_output_path, write_text_atomic
 from device.capture.audio_file import AudioFileSource
 from device.capture.probe import probe_media
 from device.capture.video_file import VideoFileSource
@@ -39,6 +39,7 @@ from device.labels import LABELS
 from device.observation import AudioBlock, Frame, Observation
 from device.report import render_report
 
+OUTPUT_FILES = ("timeline.jsonl", "windows.jsonl", "windows.csv", "summary.json", "report.html")
 NO_FACE_WARNING = "no face was found in any analysed frame: the report holds no facial expression estimate"
 NO_SPEECH_WARNING = "no speech was found in the audio: the report holds no voice estimate"
 
@@ -108,8 +109,13 @@ def analyze_media(
     progress: Callable[[float, float], None] | None = None,
     face_analyzer: FaceAnalyzer | None = None,
     speech_analyzer: SpeechAnalyzer | None = None,
+    overwrite: bool = True,
 ) -> AnalysisResult:
-    """Analyse one recording; `progress(media_seconds_done, media_seconds_total)` is called as it goes."""
+    """Analyse one recording; `progress(media_seconds_done, media_seconds_total)` is called as it goes.
+
+    The output files in `out_dir` must be absent or regular files; with `overwrite=False` (the CLI
+    without --force) an earlier analysis there is refused before any work is done.
+    """
     media = Path(media)
     info = probe_media(media)
     audio_info = probe_media(audio) if audio is not None else None
@@ -120,6 +126,8 @@ def analyze_media(
     out = Path(out_dir) if out_dir is not None else default_out_dir(media)
     if out.exists() and not out.is_dir():
         raise MediaError(f"{out}: output path exists and is not a folder")
+    for name in OUTPUT_FILES:
+        check_output_path(out / name, overwrite=overwrite)
 
     video = VideoFileSource(media, config.face.analysis_fps) if info.has_video else None
     audio_path = audio_info.path if audio_info else (media if info.has_audio else None)

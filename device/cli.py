@@ -48,7 +48,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
     for media in args.media:
         update, close = _progress_bar(Path(media).name, args.quiet, unit="s")
         try:
-            result = analyze_media(media, config, args.out, audio=args.audio, progress=update)
+            result = analyze_media(media, config, args.out, audio=args.audio, progress=update,
+                                   overwrite=args.force)
         finally:
             close()
         for warning in result.warnings:
@@ -123,16 +124,20 @@ def cmd_show_config(args: argparse.Namespace) -> int:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from device.atomic import atomic_writer
+    from device.atomic import check_output_path, output_stream
     from device.store import Store
 
     config = load_config(args.config)
     db = Path(args.db or config.store.path)
+    if args.out is not None:  # refuse a bad target before reading anything
+        check_output_path(args.out, overwrite=args.force, streams=True)
+        if Path(args.out).resolve() == db.resolve():
+            raise AffectboxError(f"{args.out}: is the local record itself; refusing to write the export over it")
     with Store.open(db, readonly=True) as store:
         if args.out is None:
             rows = store.export(patient_id=args.patient, session_id=args.session, fmt=args.format, out=sys.stdout)
         else:
-            with atomic_writer(args.out, mode=0o600) as handle:  # patient data: owner-only
+            with output_stream(args.out, mode=0o600, overwrite=args.force) as handle:  # patient data: owner-only
                 rows = store.export(patient_id=args.patient, session_id=args.session, fmt=args.format, out=handle)
     print(f"affectbox: exported {rows} windows{'' if args.out is None else f' to {args.out}'}. {NOTICE}",
           file=sys.stderr)
@@ -182,6 +187,10 @@ def cmd_session(args: argparse.Namespace) -> int:
     elif args.action == "start":
         print(f"session {result['session_id']} started for patient {result['patient_id']} "
               f"(stops by itself after {result['max_duration_s'] / 60:.0f} min)")
+    elif result.get("stored") is False:  # the disk is full (or failing): say so, never a stored count
+        print(f"session {result['session_id']} {result['state']} after {result.get('duration_s', 0):.0f} s with "
+              f"{result.get('windows', 0)} windows; NOT stored yet: "
+              f"{result.get('pending', 'storing is pending (see the daemon log)')}")
     else:
         print(f"session {result['session_id']} {result['state']} after {result.get('duration_s', 0):.0f} s, "
               f"{result.get('windows', 0)} windows stored")
@@ -228,6 +237,7 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--audio", help="a separate audio recording of the same session, starting with the video")
     analyze.add_argument("--out", help="output folder (default: ./<file name>.affectbox)")
     analyze.add_argument("--config", help="TOML config file (default: built-in defaults)")
+    analyze.add_argument("--force", action="store_true", help="replace an earlier analysis in the output folder")
     analyze.add_argument("--json", action="store_true", help="print the summary as one JSON object per video")
     analyze.add_argument("--quiet", action="store_true", help="no progress bar")
     analyze.set_defaults(func=cmd_analyze)
@@ -263,7 +273,9 @@ def build_parser() -> argparse.ArgumentParser:
     which.add_argument("--patient", help="opaque patient id: all of this patient's sessions")
     which.add_argument("--session", help="one session id")
     export.add_argument("--format", choices=("csv", "jsonl"), default="csv")
-    export.add_argument("--out", help="output file (written atomically, mode 0600); default: standard output")
+    export.add_argument("--out", help="output file (a new regular file written atomically, mode 0600, or a FIFO or "
+                                      "device written into); default: standard output")
+    export.add_argument("--force", action="store_true", help="replace an existing --out file")
     export.add_argument("--db", help="the local record (default: store.path from the config)")
     export.add_argument("--config", help="TOML config file")
     export.set_defaults(func=cmd_export)

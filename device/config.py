@@ -11,7 +11,9 @@ from __future__ import annotations
 import dataclasses
 import ipaddress
 import json
+import os
 import re
+import stat
 import tomllib
 import types
 import typing
@@ -19,6 +21,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from device.contract.ids import is_opaque_id
 from device.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/affectbox/config.toml")
@@ -154,7 +157,6 @@ class StoreConfig:
 HUB_COMMANDS = ("start_session", "stop_session", "ping", "get_status")
 HUB_DEFAULT_PORTS = {"off": 1883, "on": 8883}
 _CREDENTIAL_NAME_RE = re.compile(r"[A-Za-z0-9._@-]{1,128}")
-_DEVICE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 @dataclass(frozen=True)
@@ -195,6 +197,9 @@ class HubConfig:
         168.0, "queued events older than this are dropped; 0 = no age bound", min=0.0, max=8760.0
     )
     max_inflight: int = _opt(10, "events handed to the broker and not yet acknowledged, at most", min=1, max=100)
+    response_topic_prefix: str = _opt(
+        "", "MQTT 5 response topics of commands are honoured only under this prefix (e.g. \"clinic-hub/replies\"); "
+            "empty = results go only to the device's own cmd/<name>/result topics")
 
 
 @dataclass(frozen=True)
@@ -351,6 +356,8 @@ def _check_value(key: str, value: Any, tp: Any, meta: dict[str, Any]) -> tuple[A
         value = float(value)
     elif tp is str and not isinstance(value, str):
         return None, f"{key}: must be a string (got {value!r})"
+    elif tp is str and "\0" in value:  # a NUL ends a C string: paths and names would mean something else
+        return None, f"{key}: must not contain a NUL character (got {value!r})"
     if meta.get("choices") is not None and value not in meta["choices"]:
         allowed = ", ".join(repr(c) for c in meta["choices"])
         return None, f"{key}: must be one of {allowed} (got {value!r})"
@@ -401,9 +408,11 @@ def _validate_relations(config: Config, errors: list[str]) -> None:
     if not config.store.path.strip():
         errors.append("store.path: must not be empty")
     errors.extend(hub_config_problems(config.hub))
+    errors.extend(fusion_config_problems(config.fusion))
+    errors.extend(file_setting_problems(config))
     device_id = config.device.id
-    if device_id and not _DEVICE_ID_RE.fullmatch(device_id):
-        errors.append(f"device.id: must be 1-64 characters of A-Z a-z 0-9 . _ - (got {device_id!r})")
+    if device_id and not is_opaque_id(device_id):
+        errors.append(f"device.id: must be 1-64 characters of A-Z a-z 0-9 . _ -, not only dots (got {device_id!r})")
     for key in ("state_dir",):
         value = getattr(config.device, key)
         if not value.startswith("/"):
@@ -499,7 +508,104 @@ def hub_config_problems(hub: HubConfig) -> list[str]:
                             f"braces other than {{device_id}}, empty levels or a leading '$' (got {prefix!r})")
     if not hub.outbox_path.strip():
         problems.append("hub.outbox_path: must not be empty")
+    replies = hub.response_topic_prefix
+    if replies:
+        device_root = prefix.split("{device_id}", 1)[0].rstrip("/")
+        if (len(replies) > 128 or any(c in replies for c in "+#{}\0") or replies.startswith(("/", "$"))
+                or replies.endswith("/") or "//" in replies):
+            problems.append("hub.response_topic_prefix: must be topic levels separated by '/', without wildcards, "
+                            f"braces, empty levels or a leading '$' (got {replies!r})")
+        elif not device_root or device_root == replies or device_root.startswith(replies + "/") \
+                or replies.startswith(device_root + "/"):
+            problems.append(f"hub.response_topic_prefix: {replies!r} overlaps the devices' topics "
+                            f"({prefix!r}); a requester could then make this device publish onto another "
+                            "device's topics")
     return problems
+
+
+def fusion_config_problems(fusion: FusionConfig) -> list[str]:
+    """Fusion settings that could never give a window a mood."""
+    if fusion.face_weight == 0 and fusion.speech_weight == 0:
+        return ["fusion.face_weight: face_weight and speech_weight are both 0, so no window could ever carry a "
+                "mood; give at least one modality a weight above 0"]
+    return []
+
+
+# folders the daemon must never create its socket in (system files, kernel interfaces, devices)
+SYSTEM_FOLDERS = ("/bin", "/boot", "/dev", "/etc", "/lib", "/lib32", "/lib64", "/proc", "/sbin", "/sys", "/usr")
+
+
+def _normalised(path: str) -> str:
+    """`path` with `..`, `.`, repeated slashes and symbolic links resolved (the path need not exist)."""
+    return os.path.realpath(os.path.normpath(path))
+
+
+def _is_under(path: str, folder: str) -> bool:
+    return path == folder or path.startswith(folder.rstrip("/") + "/")
+
+
+def file_setting_problems(config: Config) -> list[str]:
+    """Settings that name files the daemon writes: no two may name the same file (or a file's SQLite
+    -wal/-shm companion), and the control socket must be a path of its own, outside system folders,
+    the state files and the debug recordings, and not an existing file of another kind."""
+    problems: list[str] = []
+    state_dir = config.device.state_dir
+    files = {"store.path": config.store.path, "hub.outbox_path": config.hub.outbox_path,
+             "control.socket": config.control.socket}
+    if state_dir.startswith("/"):
+        files["device.state_dir (its device-id file)"] = os.path.join(state_dir, "device-id")
+    seen: dict[str, str] = {}
+    for key, value in files.items():
+        if not value.strip() or "\0" in value:
+            continue  # reported by its own check
+        real = _normalised(value)
+        names = [real] + ([real + "-wal", real + "-shm", real + "-journal"]
+                          if key in ("store.path", "hub.outbox_path") else [])
+        for name in names:
+            other = seen.get(name)
+            if other is not None:
+                problems.append(f"{key}: names the same file as {other} ({value!r}); every file needs its own path")
+                break
+        else:
+            for name in names:
+                seen[name] = key
+    socket_path = config.control.socket
+    if socket_path.startswith("/") and "\0" not in socket_path:
+        real = _normalised(socket_path)
+        forbidden = [(folder, "a system folder") for folder in SYSTEM_FOLDERS if folder != "/dev" or
+                     not _is_under(real, "/dev/shm")]
+        forbidden.append((_normalised(config.session.debug_recording_dir), "session.debug_recording_dir"))
+        for folder, what in forbidden:
+            if _is_under(real, folder):
+                problems.append(f"control.socket: {socket_path!r} lies in {folder} ({what}), where the daemon must "
+                                "not create files; use a path such as /run/affectbox/control.sock")
+                break
+        if state_dir.startswith("/") and real == _normalised(state_dir):
+            problems.append(f"control.socket: {socket_path!r} is device.state_dir itself")
+        try:
+            mode = os.lstat(socket_path).st_mode
+        except OSError:
+            mode = None
+        if mode is not None and not stat.S_ISSOCK(mode):
+            problems.append(f"control.socket: {socket_path!r} exists and is not a socket; the daemon would refuse "
+                            "to remove it (name a path of its own)")
+    return problems
+
+
+MAX_CONFIG_BYTES = 1 << 20  # a real config is a few kilobytes
+
+
+def parse_toml(text: str, source: str) -> dict[str, Any]:
+    """Parse a config document, refusing one line for what tomllib cannot take (nesting too deep for
+    its recursion, a document over MAX_CONFIG_BYTES) instead of a traceback."""
+    if len(text) > MAX_CONFIG_BYTES:
+        raise ConfigError(f"{source}: config file of {len(text)} characters; at most {MAX_CONFIG_BYTES}")
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{source}: not valid TOML ({exc})") from None
+    except RecursionError:
+        raise ConfigError(f"{source}: not a config file: arrays or tables nested too deeply") from None
 
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
@@ -531,11 +637,7 @@ def load_config(path: str | Path | None) -> Config:
         raise ConfigError(f"{path}: config file not found") from None
     except (OSError, UnicodeDecodeError) as exc:
         raise ConfigError(f"{path}: cannot read config file ({exc})") from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    return config_from_dict(raw, str(path))
+    return config_from_dict(parse_toml(text, str(path)), str(path))
 
 
 def describe_defaults() -> str:

@@ -16,6 +16,7 @@ import secrets
 import stat
 from pathlib import Path
 
+from device.atomic import check_output_path
 from device.errors import AffectboxError
 
 SCRYPT_N = 2**14
@@ -103,6 +104,7 @@ def verify_password(password: str, stored: str) -> bool:
 def write_secret(path: str | os.PathLike[str], text: str) -> Path:
     """Write a secret file created 0600 from the start (never briefly world-readable), atomically."""
     path = Path(path)
+    check_output_path(path, overwrite=True)  # a symlink, FIFO or device there is refused, not replaced
     path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     fd = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)

@@ -23,10 +23,11 @@ import secrets
 from pathlib import Path
 
 from device.config import DeviceConfig
+from device.contract.ids import OPAQUE_ID_RE
 from device.errors import AffectboxError
 
 DEVICE_ID_FILE = "device-id"
-DEVICE_ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
+DEVICE_ID_RE = OPAQUE_ID_RE  # the one id rule (device.contract.ids)
 _HEX_RE = re.compile(r"[0-9a-f]{8,}")
 
 

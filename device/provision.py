@@ -40,13 +40,12 @@ import ssl
 import subprocess
 import sys
 import time
-import tomllib
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TextIO
 
-from device.atomic import write_text_atomic
+from device.atomic import check_output_path, write_text_atomic
 from device.config import (
     DEFAULT_CONFIG_PATH,
     HUB_DEFAULT_PORTS,
@@ -55,6 +54,7 @@ from device.config import (
     config_from_dict,
     describe_defaults,
     hub_plaintext_problem,
+    parse_toml,
 )
 from device.credentials import (
     MIN_PASSWORD_LENGTH,
@@ -63,7 +63,7 @@ from device.credentials import (
     hash_password,
     write_secret,
 )
-from device.errors import AffectboxError, HubError
+from device.errors import AffectboxError, ConfigError, HubError
 from device.identity import DEVICE_ID_RE, device_id_path, resolve_device_id, store_device_id
 
 # Credential names the systemd unit loads (LoadCredential=); the config refers to them by name.
@@ -169,8 +169,8 @@ def set_config_values(text: str, values: dict[str, dict[str, Any]], source: str 
             lines = _set_one(lines, section, key, value)
     new = "\n".join(lines) + "\n"
     try:
-        raw = tomllib.loads(new)
-    except tomllib.TOMLDecodeError as exc:
+        raw = parse_toml(new, source)
+    except ConfigError as exc:
         raise ProvisionError(f"{source}: cannot update it automatically ({exc}); edit it by hand or move it away "
                              "and run setup.sh again for a fresh skeleton") from None
     for section, pairs in values.items():
@@ -197,9 +197,9 @@ def read_config_text(path: Path) -> str:
 def parse_config_text(text: str, source: str) -> Config:
     """The validated config of `text` (the defaults for an empty document)."""
     try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ProvisionError(f"{source}: not valid TOML ({exc})") from None
+        raw = parse_toml(text, source)
+    except ConfigError as exc:
+        raise ProvisionError(str(exc)) from None
     return config_from_dict(raw, source)
 
 
@@ -276,6 +276,7 @@ def _openssl(*args: str, what: str) -> subprocess.CompletedProcess[str]:
 
 def make_client_key(key_path: Path) -> None:
     """A new EC P-256 private key at `key_path` (0600), generated on this device by openssl."""
+    check_output_path(key_path, overwrite=True)  # a symlink, FIFO or device there is refused, not replaced
     key_path.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
     temporary = key_path.with_name(f".{key_path.name}.{secrets.token_hex(4)}.tmp")
     try:
@@ -293,6 +294,7 @@ def make_csr(key_path: Path, csr_path: Path, device_id: str, site: str = "") -> 
     if site:
         cleaned = re.sub(r"[^A-Za-z0-9 ._-]", "_", site)[:64]
         subject = f"/O=affectbox/OU={cleaned}/CN={device_id}"
+    check_output_path(csr_path, overwrite=True)
     temporary = csr_path.with_name(f".{csr_path.name}.{secrets.token_hex(4)}.tmp")
     try:
         _openssl("req", "-new", "-key", str(key_path), "-subj", subject, "-out", str(temporary),

@@ -64,6 +64,8 @@ def prepare_private_file(path: Path, kind: str, error: type[AffectboxError]) -> 
         except OSError as exc:
             raise error(one_line(f"{folder}: cannot create the {kind}'s folder: {exc.strerror or exc}")) from None
     existed = path.exists()
+    if existed and not path.is_file():  # a FIFO, a device or a folder must never become a database
+        raise error(one_line(f"{path}: is not a regular file; refusing to use it as the {kind}"))
     try:
         fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
     except OSError as exc:

@@ -55,8 +55,8 @@ def test_requests_are_answered_and_refusals_are_one_line(server):
 
 
 @pytest.mark.parametrize("data, message", [
-    (b"not json\n", "not JSON"),
-    (b"\xff\xfe\n", "not JSON"),
+    (b"not json\n", "not valid JSON"),
+    (b"\xff\xfe\n", "not valid JSON"),
     (b"[1, 2]\n", "command one of"),
     (b'{"command": "reboot"}\n', "command one of"),
     (b"{" + b" " * (MAX_REQUEST_BYTES + 10) + b"}\n", "over"),
@@ -85,3 +85,86 @@ def test_no_daemon_and_a_second_daemon(tmp_path: Path, server):
         assert send_request(stale, {"command": "status"}) == {"fresh": True}
     finally:
         control.stop()
+
+
+# ---- issue 12: attacks on the socket ------------------------------------------------------------
+
+@pytest.mark.parametrize("kind", ["database", "fifo", "symlink", "folder"])
+def test_a_path_that_is_not_a_socket_is_never_removed(tmp_path: Path, kind: str):
+    """`control.socket` naming the store (or any file) must not delete it to bind the socket."""
+    import os
+
+    target = tmp_path / "affectbox.db"
+    if kind == "database":
+        target.write_bytes(b"SQLite format 3\0" + b"x" * 100)
+    elif kind == "fifo":
+        os.mkfifo(target)
+    elif kind == "symlink":
+        (tmp_path / "real").write_text("keep")
+        target.symlink_to(tmp_path / "real")
+    else:
+        target.mkdir()
+    before = os.lstat(target)
+    with pytest.raises(ControlError, match=r"is not a socket; refusing to remove it") as caught:
+        ControlServer(target, lambda r: {}).start()
+    assert "\n" not in str(caught.value)
+    after = os.lstat(target)
+    assert (after.st_ino, after.st_mode) == (before.st_ino, before.st_mode)
+    if kind == "database":
+        assert target.read_bytes().startswith(b"SQLite format 3")
+
+
+def test_over_4_kib_gets_the_error_line_not_a_reset(server):
+    path, calls = server
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as sock:
+        sock.settimeout(5)
+        sock.connect(str(path))
+        sock.sendall(b'{"command": "status", "pad": "' + b"x" * (3 * MAX_REQUEST_BYTES) + b'"}\n')
+        reply = b""
+        while chunk := sock.recv(4096):  # a reset would raise ConnectionResetError here
+            reply += chunk
+    assert json.loads(reply) == {"ok": False, "error": f"request over {MAX_REQUEST_BYTES} bytes"}
+    assert calls == []
+
+
+def test_deeply_nested_json_gets_one_line(server):
+    path, calls = server
+    for depth in (2000, 100_000 // 2):
+        reply = raw(path, b"[" * depth + b"]" * depth + b"\n") if depth * 2 < MAX_REQUEST_BYTES \
+            else raw(path, b"[" * 2000 + b"\n")
+        assert reply["ok"] is False and "\n" not in reply["error"]
+        assert "nested" in reply["error"] or "over" in reply["error"]
+    assert calls == []
+
+
+def test_slow_clients_hold_no_threads_and_a_burst_is_served(server):
+    """200 clients that connect and send nothing cost no thread each and do not stop a real
+    request; a burst of 200 clients at once all get their answer (no EAGAIN)."""
+    import threading
+    import time
+    from concurrent.futures import ThreadPoolExecutor
+
+    path, _ = server
+    threads_before = threading.active_count()
+    idle = []
+    try:
+        for _ in range(200):
+            sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            sock.connect(str(path))
+            idle.append(sock)
+        threads_held = threading.active_count()
+        assert threads_held <= threads_before
+        began = time.monotonic()
+        assert send_request(path, {"command": "status"}, timeout_s=5.0) == {"echo": "status"}
+        answered_in = time.monotonic() - began
+    finally:
+        for sock in idle:
+            sock.close()
+    began = time.monotonic()
+    with ThreadPoolExecutor(max_workers=200) as pool:
+        answers = list(pool.map(lambda _: send_request(path, {"command": "status"}, timeout_s=20.0), range(200)))
+    burst_s = time.monotonic() - began
+    print(f"RELIABILITY control socket: 200 idle clients held, threads {threads_before} -> {threads_held}, "
+          f"a request answered in {answered_in:.3f} s; burst of 200 clients: {answers.count({'echo': 'status'})} "
+          f"answered in {burst_s:.2f} s")
+    assert answers == [{"echo": "status"}] * 200

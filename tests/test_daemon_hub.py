@@ -58,6 +58,7 @@ port = {port}
 tls = "off"
 outbox_path = "{folder / 'state' / 'hub-outbox.db'}"
 reconnect_min_s = 1
+response_topic_prefix = "hub/replies"
 reconnect_max_s = 1
 keepalive = 5
 """
@@ -500,7 +501,7 @@ def test_commands_start_and_stop_a_session(tmp_path: Path, av_session, cleanup):
 
     # start with an MQTT 5 response topic and correlation data: answered there too, data copied
     props = Properties(PacketTypes.PUBLISH)
-    props.ResponseTopic = "hub/replies/7"
+    props.ResponseTopic = "hub/replies/7"  # allowed: hub.response_topic_prefix = "hub/replies"
     props.CorrelationData = b"corr-start-7"
     hub.send("start_session", b'{"request_id":"r-start","patient_id":"p-hub-1","max_duration_s":600}', props)
     assert hub.observer.wait_for(lambda ms: len([m for m in ms if b'"r-start"' in m.payload]) == 2, 20)

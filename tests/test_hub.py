@@ -720,7 +720,8 @@ def test_commands_are_validated_answered_and_only_valid_ones_reach_the_handler(b
     # a stale retained command must never be obeyed (it would replay at every connect)
     commander.publish(base + "start_session", b'{"request_id":"r-0","patient_id":"P-RETAINED"}', qos=1,
                       retain=True).wait_for_publish(5)
-    config = hub_config(broker.port, commands_enabled=("start_session", "ping", "get_status"))
+    config = hub_config(broker.port, commands_enabled=("start_session", "ping", "get_status"),
+                        response_topic_prefix="test")
     client = start_client(running_clients, config, tmp_path / "o.db", handler=handler)
     assert client.wait_connected(10)
     try:

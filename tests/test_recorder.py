@@ -135,7 +135,27 @@ def test_a_store_failure_between_sessions_does_not_block_later_sessions(store: S
         recorder.shutdown("test over")
 
 
-def test_an_end_that_could_not_be_stored_is_stored_when_the_store_works_again(store: Store,
+def _cli_stop_output(tmp_path: Path, answer: dict) -> str:
+    """What `affectbox session stop` prints for this answer of the daemon (through a real socket)."""
+    import contextlib
+    import io
+
+    from device.cli import main
+    from device.daemon.control import ControlServer
+
+    path = tmp_path / "stop.sock"
+    server = ControlServer(path, lambda request: answer)
+    server.start()
+    try:
+        printed = io.StringIO()
+        with contextlib.redirect_stdout(printed):
+            assert main(["session", "stop", "--socket", str(path)]) == 0
+    finally:
+        server.stop()
+    return printed.getvalue()
+
+
+def test_an_end_that_could_not_be_stored_is_stored_when_the_store_works_again(store: Store, tmp_path: Path,
                                                                                 monkeypatch: pytest.MonkeyPatch):
     """Disk full at the stop: the last window and the end wait in memory; once the disk has room
     the window is stored, then the session ends with its summary, and a new session can start."""
@@ -150,9 +170,15 @@ def test_an_end_that_could_not_be_stored_is_stored_when_the_store_works_again(st
         monkeypatch.setattr(store, "end_session", end_session)
         ended = recorder.stop_session()
         assert ended["stored"] is False and recorder.store_error is not None
+        # issue 12: what is reported is what will be stored, and it says that storing is pending
+        assert ended["windows"] == 3 and ended["windows_pending"] == 1 and ended["duration_s"] > 0
+        assert ended["pending"].startswith("storing is pending") and "\n" not in ended["pending"]
+        printed = _cli_stop_output(tmp_path, ended)
+        assert "NOT stored yet: storing is pending" in printed and "3 windows" in printed, printed
         add_window.on = end_session.on = False  # room again
         assert wait_until(lambda: store.session(first).state == "ended"), store.session(first)
         assert [w["index"] for w in store.windows(first)] == [0, 1, 2]
+        assert store.session(first).windows == ended["windows"]
         summary = store.summary(first)
         assert summary is not None and summary.summary["end_reason"] == "stopped (cli)"
         assert recorder.store_error is None

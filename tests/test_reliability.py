@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import subprocess
 import time
@@ -156,8 +157,12 @@ def test_disk_full_is_reported_and_windows_are_stored_when_space_returns(tmp_pat
         assert daemon.proc.poll() is None  # no crash, no crash loop
         refused = daemon.cli("session", "stop", check=False)  # the end cannot be stored either, but no crash
         assert daemon.proc.poll() is None, refused
+        # issue 12: it says so, and the count it gives is what the record holds once space returns
+        assert refused.returncode == 0 and "NOT stored yet: storing is pending" in refused.stdout, refused
+        reported = int(re.search(r"with (\d+) windows", refused.stdout).group(1))
         filler.unlink()
         assert wait_until(lambda: daemon.status()["components"]["store"]["state"] == "ok", 40), daemon.log()[-3000:]
+        assert wait_until(lambda: stored(db).session(session_id).state == "ended", 30), daemon.log()[-3000:]
     finally:
         code = daemon.terminate()
     assert code == 0
@@ -166,6 +171,7 @@ def test_disk_full_is_reported_and_windows_are_stored_when_space_returns(tmp_pat
         windows = store.windows(session_id)
     indexes = [w["index"] for w in windows]
     assert indexes == list(range(len(indexes))) and len(indexes) >= 3  # the windows held in memory were stored
+    assert len(indexes) == reported
 
 
 # ---- the wall clock jumps --------------------------------------------------------------------------------------

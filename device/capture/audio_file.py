@@ -18,7 +18,7 @@ from pathlib import Path
 import av
 import numpy as np
 
-from device.capture.probe import check_media_path
+from device.capture.probe import check_audio_header, check_duration, check_media_path
 from device.errors import MediaError
 from device.observation import SAMPLE_RATE, AudioBlock
 
@@ -117,6 +117,8 @@ class AudioFileSource:
             self.source_rate = int(stream.rate or 0)
             self.source_channels = int(stream.channels or 0)
             self.codec = stream.codec_context.name if stream.codec_context else "unknown"
+            check_audio_header(self.path, self.source_rate, self.source_channels)
+            check_duration(self.path, container.duration / av.time_base if container.duration else 0.0)
         self.samples_read = 0  # 16 kHz samples delivered so far, padding excluded
 
     @property

@@ -13,10 +13,16 @@ from __future__ import annotations
 from collections.abc import Iterator
 from fractions import Fraction
 from pathlib import Path
+from typing import Any
 
 import av
 
-from device.capture.probe import check_media_path
+from device.capture.probe import (
+    ANALYSIS_MAX_SIDE,
+    check_duration,
+    check_media_path,
+    check_video_header,
+)
 from device.errors import MediaError
 from device.observation import Frame
 
@@ -38,6 +44,11 @@ class VideoFileSource:
         self.frame_count = int(self.stream.frames or 0)
         self.width = int(self.stream.codec_context.width or 0)
         self.height = int(self.stream.codec_context.height or 0)
+        try:
+            check_video_header(self.path, self.width, self.height)
+        except MediaError:
+            self.container.close()
+            raise
         self.analysis_fps = analysis_fps
         self.frames_read = 0
         self.decode_error: str | None = None
@@ -51,11 +62,29 @@ class VideoFileSource:
             self.duration = self.container.duration / av.time_base
         else:
             self.duration = self.frame_count / self.fps if self.fps and self.frame_count else 0.0
+        try:
+            check_duration(self.path, self.duration)
+        except MediaError:
+            self.container.close()
+            raise
 
     def expected_samples(self) -> int:
         if not self.duration:
             return 0
         return int(self.duration * min(self.analysis_fps, self.fps or self.analysis_fps)) + 1
+
+    def _bgr(self, frame: av.VideoFrame) -> Any:
+        """The frame as BGR, scaled down while converting when it is larger than the analysis needs
+        (one conversion, never a full-size BGR copy); frames over the header limits are refused."""
+        width, height = int(frame.width), int(frame.height)
+        if (width, height) != (self.width, self.height):
+            check_video_header(self.path, width, height)  # the stream changed size mid-file
+        longest = max(width, height)
+        if longest <= ANALYSIS_MAX_SIDE:
+            return frame.to_ndarray(format="bgr24")
+        scale = ANALYSIS_MAX_SIDE / longest
+        return frame.reformat(width=max(2, round(width * scale)), height=max(2, round(height * scale)),
+                              format="bgr24").to_ndarray()
 
     def _media_time(self, frame: av.VideoFrame, index: int) -> float:
         if frame.pts is not None:
@@ -79,7 +108,7 @@ class VideoFileSource:
                 next_t += step
                 if next_t <= t:
                     next_t = t + step
-                yield Frame(t, frame.to_ndarray(format="bgr24"), index - 1)
+                yield Frame(t, self._bgr(frame), index - 1)
         except (av.FFmpegError, ValueError) as exc:
             self.decode_error = f"decoding stopped after {index} frames ({_reason(exc)})"
         finally:

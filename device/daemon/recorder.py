@@ -471,7 +471,14 @@ class Recorder:
                 # restart, it is marked interrupted with the windows that reached the file)
                 log.error("session %s: its end could not be stored (%s); retried while the daemon runs",
                           running.session_id, self.store_error)
-            return {"session_id": running.session_id, "state": state, "reason": reason, "stored": False}
+            # say what is stored and what waits, never a count the record does not hold (issue 12)
+            held = sum(1 for session_id, _ in self._pending if session_id == running.session_id)
+            return {"session_id": running.session_id, "state": state, "reason": reason,
+                    "duration_s": round(duration, 2), "windows": len(running.windows), "stored": False,
+                    "windows_pending": held,
+                    "pending": f"storing is pending: the store cannot write ({self.store_error or 'unknown'}); "
+                               f"the end and {held} of {len(running.windows)} windows are held in memory and "
+                               "stored when it can"}
         return {"session_id": running.session_id, "state": state, "reason": reason,
                 "duration_s": round(duration, 2), "windows": len(running.windows), "stored": True}
 

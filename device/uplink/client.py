@@ -45,7 +45,6 @@ wait for the worker, so the two cannot deadlock.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import math
 import os
@@ -71,6 +70,7 @@ from device.contract import payloads
 from device.contract.topics import OPAQUE_ID_PATTERN, Topics, validate_device_id
 from device.credentials import CredentialError, check_secret_permissions
 from device.errors import AffectboxError, HubError
+from device.safe_json import JSONLimitError, loads_bounded
 from device.uplink.outbox import Outbox
 
 log = logging.getLogger("affectbox.hub")
@@ -81,6 +81,11 @@ REQUEST_ID_RE = re.compile(r"[A-Za-z0-9._:-]{1,64}")
 _PATIENT_ID_RE = re.compile(OPAQUE_ID_PATTERN)
 MAX_DURATION_S = (1.0, 86400.0)
 RESULT_MAX_BYTES = 65536
+# the largest packet the device reads from the broker (a command is at most COMMAND_MAX_BYTES, plus
+# topic and properties): MQTT 5 tells the broker (it then never sends more), and the client refuses
+# a larger one from its fixed header alone, before reading it into memory (MQTT 3.1.1 has no such
+# property: the connection is dropped and made again)
+INCOMING_MAX_PACKET_BYTES = 65536
 STOP_TIMEOUT_S = 5.0
 EXPIRE_EVERY_S = 60.0
 # what each command accepts besides request_id: name -> (required, optional)
@@ -175,20 +180,15 @@ def _shown(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[:limit] + "..."
 
 
-def _reject_constant(name: str) -> Any:
-    raise ValueError(f"{name} is not JSON")
-
-
 def parse_command(name: str, payload: bytes, enabled: tuple[str, ...] | frozenset[str]) -> ParsedCommand:
     """Validate one request on `cmd/<name>`. Never raises; nothing is called here."""
     if len(payload) > COMMAND_MAX_BYTES:
         return ParsedCommand(name, None, error_code="too_large",
                              error=f"request of {len(payload)} bytes; at most {COMMAND_MAX_BYTES} are accepted")
-    try:
-        body = json.loads(payload.decode("utf-8"), parse_constant=_reject_constant)
-    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
-        reason = "not UTF-8" if isinstance(exc, UnicodeDecodeError) else "not valid JSON"
-        return ParsedCommand(name, None, error_code="malformed", error=f"request is {reason}")
+    try:  # size checked above, nesting before parsing (device/safe_json.py)
+        body = loads_bounded(payload, max_bytes=COMMAND_MAX_BYTES)
+    except JSONLimitError as exc:
+        return ParsedCommand(name, None, error_code="malformed", error=str(exc))
     if not isinstance(body, dict):
         return ParsedCommand(name, None, error_code="malformed",
                              error=f"request must be a JSON object (got {type(body).__name__})")
@@ -251,6 +251,16 @@ class _PahoClient(mqtt.Client):
 
     last_connect_exception: BaseException | None = None
     tracking_context: _TrackingSSLContext | None = None
+    oversized_refused = 0
+
+    def _sock_recv(self, bufsize: int) -> bytes:
+        packet = self._in_packet
+        if packet["have_remaining"] and packet["remaining_length"] > INCOMING_MAX_PACKET_BYTES:
+            self.oversized_refused += 1
+            log.warning("hub: refused an incoming packet of %d bytes (at most %d) before reading it; "
+                        "reconnecting", packet["remaining_length"], INCOMING_MAX_PACKET_BYTES)
+            raise OSError(f"incoming packet of {packet['remaining_length']} bytes refused")
+        return super()._sock_recv(bufsize)
 
     def reconnect(self) -> MQTTErrorCode:
         try:
@@ -265,9 +275,12 @@ class _PahoClient(mqtt.Client):
             raise
 
 
-def _valid_response_topic(topic: Any) -> bool:
-    return (isinstance(topic, str) and 0 < len(topic) <= 256 and not any(c in topic for c in "+#\0")
-            and not topic.startswith("$"))
+def _valid_response_topic(topic: Any, allowed_prefix: str) -> bool:
+    """A response topic is honoured only under `hub.response_topic_prefix` (none when it is empty):
+    never another device's topics, never a topic the configuration did not name."""
+    return (bool(allowed_prefix) and isinstance(topic, str) and 0 < len(topic) <= 256
+            and not any(c in topic for c in "+#\0") and topic.startswith(allowed_prefix + "/")
+            and "//" not in topic and not topic.endswith("/"))
 
 
 _CONNACK_HINTS = {
@@ -390,8 +403,12 @@ class HubClient:
         self._client = self._make_client()
         self._worker = threading.Thread(target=self._run, name="affectbox-hub", daemon=True)
         self._worker.start()
+        properties = None
+        if self.config.protocol == "mqtt5":
+            properties = Properties(PacketTypes.CONNECT)
+            properties.MaximumPacketSize = INCOMING_MAX_PACKET_BYTES
         self._client.connect_async(self.config.host, self.port, keepalive=self.config.keepalive,
-                                   clean_start=True)
+                                   clean_start=True, properties=properties)
         self._client.loop_start()
 
     def stop(self, timeout: float = STOP_TIMEOUT_S) -> None:
@@ -530,8 +547,10 @@ class HubClient:
         client.drop_out_messages()  # the previous connection's leftovers: the outbox sends them again
         if self.config.protocol == "mqtt5":
             # a retained command would be replayed at every connect: never have them sent
+            # and retainAsPublished keeps the flag on one published retained while we are connected,
+            # so that _on_message can ignore it too (the broker clears it otherwise)
             client.subscribe(self.topics.commands, options=SubscribeOptions(
-                qos=1, noLocal=True, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND))
+                qos=1, noLocal=True, retainAsPublished=True, retainHandling=SubscribeOptions.RETAIN_DO_NOT_SEND))
         else:
             client.subscribe(self.topics.commands, qos=1)
         with self._retained_lock:
@@ -721,7 +740,8 @@ class HubClient:
                 properties.CorrelationData = correlation
             candidate = getattr(incoming, "ResponseTopic", None)
             # never let a requester make the device publish onto its own topics
-            if _valid_response_topic(candidate) and not self.topics.is_own(candidate):
+            if _valid_response_topic(candidate, self.config.response_topic_prefix) \
+                    and not self.topics.is_own(candidate):
                 response_topic = candidate
         for topic in (self.topics.result(known or "invalid"), response_topic):
             if topic is None:

@@ -17,7 +17,6 @@ import json
 import logging
 import math
 import secrets
-import threading
 import time
 import urllib.parse
 from collections.abc import Callable
@@ -30,10 +29,11 @@ from werkzeug.exceptions import HTTPException
 
 from device import __version__
 from device.aggregate import NOT_A_DIAGNOSIS
-from device.credentials import parse_password_hash, verify_password
+from device.credentials import parse_password_hash
 from device.errors import AffectboxError
 from device.labels import LABELS, VALENCE_AROUSAL
 from device.report import LABEL_COLOURS
+from device.safe_json import JSONLimitError, loads_bounded
 from device.store import (
     PATIENT_ID_PATTERN,
     NotFoundError,
@@ -52,6 +52,8 @@ from device.web.security import (
     CSRF_HEADER,
     LoginRateLimiter,
     LoginSessions,
+    PasswordVerifier,
+    VerifierBusy,
     client_key,
 )
 
@@ -125,6 +127,16 @@ def safe_next(target: str | None) -> str:
     return target
 
 
+def local_location(location: str) -> str:
+    """A redirect target made relative: scheme and host dropped (they come from the request's Host
+    header, which anyone can set), and leading slashes collapsed so that `//host/x` cannot become
+    a protocol-relative link to another site."""
+    parts = urllib.parse.urlsplit(location)
+    path = "/" + parts.path.lstrip("/\\") if (parts.scheme or parts.netloc or parts.path.startswith("/")) \
+        else parts.path
+    return urllib.parse.urlunsplit(("", "", path, parts.query, parts.fragment)) or "/"
+
+
 def _record_json(record: Any, summary: dict[str, Any] | None = None) -> dict[str, Any]:
     row = record.to_json()
     row.pop("config", None)
@@ -159,7 +171,7 @@ def create_app(control: ApplianceControl, *, password_hash: str | None, secret_k
     logins = LoginSessions(key, lifetime_s, clock)
     limiter = LoginRateLimiter(per_client=login_attempts_per_minute, overall=login_failures_overall_per_minute,
                                window_s=60.0, clock=clock)
-    verify_lock = threading.Lock()  # one scrypt at a time: bounds CPU and memory under a login flood
+    verifier = PasswordVerifier()  # one scrypt at a time on one thread: bounds CPU and memory under a flood
     app.extensions["affectbox"] = {"control": control, "logins": logins, "limiter": limiter}
 
     # ---- helpers ---------------------------------------------------------------------------
@@ -191,12 +203,13 @@ def create_app(control: ApplianceControl, *, password_hash: str | None, secret_k
             return {}
         if request.mimetype != "application/json":
             fail(415, "send the request body as JSON (Content-Type: application/json)")
-        try:
-            data = json.loads(raw)
-        except UnicodeDecodeError:
-            fail(400, "request body is not valid JSON (not UTF-8 text)")
-        except json.JSONDecodeError as exc:
-            fail(400, f"request body is not valid JSON ({exc.msg} at line {exc.lineno} column {exc.colno})")
+        try:  # size and nesting bounded before parsing (device/safe_json.py)
+            data = loads_bounded(raw, max_bytes=max_body_bytes)
+        except JSONLimitError as exc:
+            message = str(exc).replace("request is", "request body is", 1)
+            log.warning("status page: refused a request body from %s on %s: %s", request.remote_addr,
+                        request.path, message)
+            fail(400, message)
         if not isinstance(data, dict):
             fail(400, f"request body must be a JSON object (got {type(data).__name__})")
         return data
@@ -249,6 +262,8 @@ def create_app(control: ApplianceControl, *, password_hash: str | None, secret_k
         h["Cross-Origin-Opener-Policy"] = "same-origin"
         h["Cross-Origin-Resource-Policy"] = "same-origin"
         h["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
+        if "Location" in h:  # redirects stay on this device, whatever Host header a request sent
+            h["Location"] = local_location(h["Location"])
         if request.endpoint == "static":
             h["Cache-Control"] = "no-cache"  # revalidate (ETag): no patient data, but fresh after an upgrade
         else:
@@ -365,7 +380,7 @@ def create_app(control: ApplianceControl, *, password_hash: str | None, secret_k
         if password_hash is None:
             fail(503, NOT_PROVISIONED)
         who = client_key(request.remote_addr)
-        wait = limiter.retry_after(who)
+        wait = limiter.reserve(who)  # counted as failed (bad bodies too) unless the password is right
         if wait is not None:
             fail(429, f"too many failed logins; try again in {wait} s", {"Retry-After": str(wait)})
         fields = body()
@@ -374,12 +389,15 @@ def create_app(control: ApplianceControl, *, password_hash: str | None, secret_k
             fail(400, "password is required (a JSON body {\"password\": \"...\"})")
         if len(password) > MAX_PASSWORD_CHARS:
             fail(400, f"password is longer than {MAX_PASSWORD_CHARS} characters")
-        with verify_lock:
-            ok = verify_password(password, password_hash)
+        try:
+            ok = verifier.verify(password, password_hash)
+        except VerifierBusy as exc:
+            limiter.forgive(who)  # not a guess: nothing was checked
+            fail(503, str(exc), {"Retry-After": "2"})
         if not ok:
-            limiter.failed(who)
             log.warning("status page: failed login from %s", request.remote_addr)
             fail(401, "wrong password")
+        limiter.forgive(who)
         logins.end(login_token())
         token, current = logins.create()
         response = jsonify(ok=True, csrf_token=current.csrf_token, expires_in_s=round(lifetime_s))

@@ -14,16 +14,21 @@ clients together so that many addresses cannot brute-force the password in paral
 
 from __future__ import annotations
 
+import contextlib
+import ctypes
 import hashlib
 import hmac
 import ipaddress
 import math
+import queue
 import secrets
 import threading
 import time
 from collections import OrderedDict, deque
 from collections.abc import Callable
 from dataclasses import dataclass
+
+from device.credentials import verify_password
 
 COOKIE_NAME = "affectbox_login"
 CSRF_HEADER = "X-CSRF-Token"
@@ -140,7 +145,7 @@ class LoginRateLimiter:
         self.window_s = window_s
         self._clock = clock
         self._max_clients = max_clients
-        self._lock = threading.Lock()
+        self._lock = threading.RLock()
         self._clients: OrderedDict[str, deque[float]] = OrderedDict()
         self._all: deque[float] = deque()
 
@@ -167,6 +172,27 @@ class LoginRateLimiter:
             return None
         return max(1, math.ceil(max(waits)))
 
+    def reserve(self, key: str) -> int | None:
+        """Check and count one attempt in one step (so that concurrent attempts cannot all pass the
+        check before any is counted): None when it may go ahead (it counts as failed until
+        `forgive`), else the seconds to wait."""
+        with self._lock:  # re-entered below; RLock
+            wait = self.retry_after(key)
+            if wait is None:
+                self.failed(key)
+            return wait
+
+    def forgive(self, key: str) -> None:
+        """Take back the attempt `reserve` counted, for a login that succeeded."""
+        with self._lock:
+            times = self._clients.get(key)
+            if times:
+                stamp = times.pop()
+                with contextlib.suppress(ValueError):
+                    self._all.remove(stamp)
+                if not times:
+                    del self._clients[key]
+
     def failed(self, key: str) -> None:
         """Count one failed attempt of this client."""
         now = self._clock()
@@ -181,3 +207,84 @@ class LoginRateLimiter:
             self._all.append(now)
             while len(self._all) > self.overall:
                 self._all.popleft()
+
+
+class VerifierBusy(Exception):
+    """Too many password checks are waiting; the login is refused for now (503)."""
+
+
+M_MMAP_THRESHOLD = -3  # glibc's mallopt parameter
+MMAP_THRESHOLD_BYTES = 8 << 20
+
+
+def _glibc() -> ctypes.CDLL | None:
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        libc.mallopt, libc.malloc_trim  # noqa: B018 (glibc only)
+    except (OSError, AttributeError):  # not glibc (musl, macOS): its allocator has no such knobs
+        return None
+    return libc
+
+
+_LIBC = _glibc()
+_threshold_pinned = False
+
+
+def _pin_mmap_threshold() -> None:
+    """Make allocations of 8 MiB and more (the scrypt buffer) always mmapped, so that freeing one
+    returns it to the system. glibc's default raises the threshold after the first such free, so
+    every later buffer lands in a malloc arena and stays resident."""
+    global _threshold_pinned
+    if _LIBC is not None and not _threshold_pinned:
+        _LIBC.mallopt(M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
+        _threshold_pinned = True
+
+
+def _release_freed_memory() -> None:
+    if _LIBC is not None:
+        _LIBC.malloc_trim(0)
+
+
+class PasswordVerifier:
+    """Password checks one at a time on one thread, with a bounded queue.
+
+    An scrypt check allocates 16 MiB (n = 2**14, r = 8). Run on whichever server thread took the
+    request, each of those threads' malloc arenas ends up holding such a buffer for good (8 failed
+    logins took the daemon from 129 to 244 MB). One thread, one arena, trimmed after every check,
+    keeps the memory bounded and returned; the queue bounds how many logins wait for their turn.
+    """
+
+    def __init__(self, max_waiting: int = 8) -> None:
+        _pin_mmap_threshold()
+        self._jobs: queue.Queue[tuple[str, str, queue.Queue[bool | BaseException]]] = queue.Queue(max_waiting)
+        self._thread: threading.Thread | None = None
+        self._start_lock = threading.Lock()
+
+    def verify(self, password: str, stored: str, timeout_s: float = 30.0) -> bool:
+        with self._start_lock:
+            if self._thread is None or not self._thread.is_alive():
+                self._thread = threading.Thread(target=self._run, name="password-check", daemon=True)
+                self._thread.start()
+        answer: queue.Queue[bool | BaseException] = queue.Queue(1)
+        try:
+            self._jobs.put_nowait((password, stored, answer))
+        except queue.Full:
+            raise VerifierBusy("too many logins at once; try again in a few seconds") from None
+        try:
+            result = answer.get(timeout=timeout_s)
+        except queue.Empty:
+            raise VerifierBusy("the password check took too long; try again") from None
+        if isinstance(result, BaseException):
+            raise result
+        return result
+
+    def _run(self) -> None:
+        while True:
+            password, stored, answer = self._jobs.get()
+            try:
+                answer.put(verify_password(password, stored))
+            except BaseException as exc:  # handed to the waiting request
+                answer.put(exc)
+            finally:
+                del password
+                _release_freed_memory()

@@ -15,11 +15,15 @@ import logging
 import os
 import socket
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
 from waitress import wasyncore
-from waitress.server import BaseWSGIServer, create_server
+from waitress.adjustments import Adjustments
+from waitress.channel import HTTPChannel
+from waitress.server import BaseWSGIServer, TcpWSGIServer
+from waitress.task import ThreadedTaskDispatcher
 
 from device.config import WebConfig
 from device.credentials import CredentialError, credentials_dir, parse_password_hash, read_secret
@@ -29,8 +33,10 @@ from device.web.control import ApplianceControl
 log = logging.getLogger(__name__)
 
 THREADS = 4  # handlers for concurrent requests; the page polls, so a kiosk plus a laptop need two
-CONNECTION_LIMIT = 32
+CONNECTION_LIMIT = 100  # open connections; past it the longest-waiting half-open one is closed for a new one
 CHANNEL_TIMEOUT_S = 30  # idle keep-alive connections are closed after this long
+REQUEST_TIMEOUT_S = 10.0  # a whole request (head and body, <= 16 KiB) must arrive within this long (slowloris)
+CLEANUP_INTERVAL_S = 1  # how often connections are checked against the two timeouts
 MAX_REQUEST_BODY = 1 << 20  # waitress's own bound; the app refuses far smaller bodies itself
 LOOP_TIMEOUT_S = 0.5  # how often the loop looks at the stop flag
 SHUTDOWN_TIMEOUT_S = 5.0
@@ -38,6 +44,66 @@ SHUTDOWN_TIMEOUT_S = 5.0
 
 class WebServerError(AffectboxError):
     """The status page cannot listen (address in use, not an address of this machine, no permission)."""
+
+
+class GuardedChannel(HTTPChannel):
+    """waitress's connection, remembering since when it waits for a request's head."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.head_started = self.creation_time  # when the head being read began (or the connection opened)
+        self.served = 0
+
+    def received(self, data: bytes) -> bool:
+        if data and self.request is None and not self.requests:
+            self.head_started = time.time()
+        before = len(self.requests)
+        result = super().received(data)
+        self.served += max(0, len(self.requests) - before)
+        return bool(result)
+
+    def half_open(self) -> bool:
+        """Not being served and without a complete request: what a slow client (or an idle
+        keep-alive connection) holds."""
+        return not self.requests and (self.request is None or not self.request.completed)
+
+
+class GuardedServer(TcpWSGIServer):
+    """waitress's server with the two remedies of a well-kept server against slow clients
+    (slowloris, slow bodies): a request must arrive whole within REQUEST_TIMEOUT_S of its first
+    byte (and a new connection must start one within that time), and when the connection limit is reached the
+    half-open connection waiting longest is closed to make room, so slow clients can never keep
+    the page from accepting (waitress alone stops accepting at the limit)."""
+
+    channel_class = GuardedChannel
+
+    def readable(self) -> bool:
+        now = time.time()
+        if now >= self.next_channel_cleanup:
+            self.next_channel_cleanup = now + self.adj.cleanup_interval
+            self.maintenance(now)
+        return bool(self.accepting)
+
+    def maintenance(self, now: float) -> None:
+        super().maintenance(now)  # idle keep-alive connections past channel_timeout
+        for channel in list(self.active_channels.values()):
+            if not isinstance(channel, GuardedChannel) or not channel.half_open():
+                continue
+            waiting = channel.request is not None or channel.served == 0  # not an idle keep-alive
+            if waiting and now - channel.head_started > REQUEST_TIMEOUT_S:
+                channel.will_close = True
+                channel.handle_close()
+
+    def handle_accept(self) -> None:
+        super().handle_accept()
+        if len(self.active_channels) <= self.adj.connection_limit:
+            return
+        newest = max(self.active_channels.values(), key=lambda c: c.creation_time)
+        candidates = [c for c in self.active_channels.values()
+                      if c is not newest and isinstance(c, GuardedChannel) and c.half_open()]
+        victim = min(candidates, key=lambda c: c.head_started) if candidates else newest
+        victim.will_close = True
+        victim.handle_close()
 
 
 class WebServer:
@@ -81,16 +147,21 @@ class WebServer:
         # nothing behind (waitress would leak its threads and sockets when its own bind fails).
         sock = self._listening_socket()
         try:
-            server = create_server(
-                self.app, sockets=[sock], threads=self.threads,
+            adj = Adjustments(
+                sockets=[sock], threads=self.threads,
                 connection_limit=CONNECTION_LIMIT, channel_timeout=CHANNEL_TIMEOUT_S,
+                cleanup_interval=CLEANUP_INTERVAL_S,
                 max_request_body_size=MAX_REQUEST_BODY, ident="affectbox", expose_tracebacks=False,
                 asyncore_use_poll=True, clear_untrusted_proxy_headers=True,
             )
+            dispatcher = ThreadedTaskDispatcher()
+            dispatcher.set_thread_count(self.threads)
+            server: BaseWSGIServer = GuardedServer(
+                self.app, {}, True, sock, dispatcher=dispatcher, adj=adj, bind_socket=False,
+                sockinfo=(sock.family, sock.type, sock.proto, sock.getsockname()))
         except BaseException:
             sock.close()
             raise
-        assert isinstance(server, BaseWSGIServer)  # one socket gives one server
         self._server = server
         self._stopping.clear()
         self._thread = threading.Thread(target=self._serve, name="web", daemon=True)

@@ -445,6 +445,7 @@
         const stopped = await api("/api/session/stop", { method: "POST", body: {} });
         if (stopped && stopped.session_id) lastId = stopped.session_id;
         await refresh();
+        if (stopped && stopped.stored === false) showError(errorBox, stopped.pending || "storing is pending");
       } catch (error) {
         showError(errorBox, error.message);
       } finally {

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import numpy as np
 
-from device.inference.voice_encoder import VoiceEncoder, mel_spectrogram, normalize_volume
 from device.inference.runtime import MODELS_DIR
+from device.inference.voice_encoder import VoiceEncoder, mel_spectrogram, normalize_volume
 
 DATASETS = Path("/work/shared/datasets")
 

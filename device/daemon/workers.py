@@ -14,11 +14,13 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from device.capture.live import BoundedLatest
+from device.errors import AffectboxError
 from device.health import Heartbeats
 from device.inference.face import FaceAnalyzer
 from device.inference.speech import SpeechAnalyzer
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from device.daemon.debug_recording import DebugRecording
     from device.daemon.faults import Faults
     from device.daemon.recorder import Recorder
+    from device.voice.attribution import SpeakerAttributor
 
 log = logging.getLogger(__name__)
 
@@ -158,9 +161,12 @@ class SpeechWorker(_Worker):
     stage = "speech"
 
     def __init__(self, source: BoundedLatest[AudioBlock], recorder: Recorder, heartbeats: Heartbeats,
-                 template: SpeechAnalyzer, faults: Faults | None = None, debug: DebugRecording | None = None) -> None:
+                 template: SpeechAnalyzer, faults: Faults | None = None, debug: DebugRecording | None = None,
+                 attributor_factory: Callable[[], SpeakerAttributor | None] | None = None) -> None:
         super().__init__(source, recorder, heartbeats, faults, debug)
         self.template = template
+        # the enrolled voices are read again at each session start, so an enrollment counts from the next one
+        self.attributor_factory = attributor_factory
         self.analyzer: SpeechAnalyzer | None = None
         self.utterances = 0
         self._levels: collections.deque[float] = collections.deque(maxlen=33)  # about 1 s of 30-ms blocks
@@ -180,10 +186,20 @@ class SpeechWorker(_Worker):
         # say it has nothing to flush, so that its end does not wait for this worker in vain
         for skipped in range(max(old_generation + 1, 0), generation):
             self.recorder.flushed(skipped, self.stage, [])
-        self.analyzer = SpeechAnalyzer(self.template.classifier, self.template.config) if active else None
+        self.analyzer = SpeechAnalyzer(self.template.classifier, self.template.config,
+                                       self._attributor() if active else None) if active else None
         self.now = {"speech_active": None}
         if self.debug is not None and not active:
             self.debug.close()
+
+    def _attributor(self) -> SpeakerAttributor | None:
+        if self.attributor_factory is None:
+            return None
+        try:
+            return self.attributor_factory()
+        except AffectboxError as exc:  # a missing model or an unreadable folder must not stop the session
+            log.error("speech: speaker attribution is off for this session: %s", exc)
+            return None
 
     def level_dbfs(self) -> float | None:
         """Recent microphone level (RMS, dB full scale), for status and selftest."""

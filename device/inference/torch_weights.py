@@ -108,7 +108,8 @@ class _RestrictedUnpickler(pickle.Unpickler):
             if self.zip_reader is not None:
                 raw = self.zip_reader(key)
                 if len(raw) != numel * storage.dtype.itemsize:
-                    raise ModelError(f"checkpoint: storage {key} has {len(raw)} bytes, expected {numel * storage.dtype.itemsize}")
+                    raise ModelError(f"checkpoint: storage {key} has {len(raw)} bytes, "
+                                     f"expected {numel * storage.dtype.itemsize}")
                 storage.array = np.frombuffer(raw, dtype=storage.dtype)
             self.storages[key] = storage
         return self.storages[key]

@@ -154,9 +154,11 @@ class VoiceEncoder:
                 w_hh = state[f"lstm.weight_hh_l{layer}"].astype(np.float32)
                 bias = (state[f"lstm.bias_ih_l{layer}"] + state[f"lstm.bias_hh_l{layer}"]).astype(np.float32)
                 inputs = N_MELS if layer == 0 else HIDDEN
-                if w_ih.shape != (4 * HIDDEN, inputs) or w_hh.shape != (4 * HIDDEN, HIDDEN) or bias.shape != (4 * HIDDEN,):
+                expected = ((4 * HIDDEN, inputs), (4 * HIDDEN, HIDDEN), (4 * HIDDEN,))
+                if (w_ih.shape, w_hh.shape, bias.shape) != expected:
                     raise ModelError(f"voice encoder: layer {layer} has unexpected shapes")
-                order = np.r_[0:2 * HIDDEN, 3 * HIDDEN:4 * HIDDEN, 2 * HIDDEN:3 * HIDDEN]  # (i, f, g, o) -> (i, f, o, g)
+                # PyTorch's gate order (i, f, g, o) -> (i, f, o, g): one sigmoid call for three gates
+                order = np.r_[0:2 * HIDDEN, 3 * HIDDEN:4 * HIDDEN, 2 * HIDDEN:3 * HIDDEN]
                 self.layers.append((np.ascontiguousarray(w_ih[order].T), np.ascontiguousarray(w_hh[order].T),
                                     np.ascontiguousarray(bias[order])))
             self.linear_w = np.ascontiguousarray(state["linear.weight"].astype(np.float32).T)

@@ -292,7 +292,7 @@ class VoiceConfig:
 
     enabled: bool = _opt(True, "attribute each utterance to the patient or to an enrolled voice (when voices are "
                                "enrolled); false = every voice is the patient's")
-    threshold: float = _opt(0.75, "cosine similarity to an enrolled voice at or above which an utterance is "
+    threshold: float = _opt(0.72, "cosine similarity to an enrolled voice at or above which an utterance is "
                                   "someone else's (bench/bench_speaker.py chooses it)", min=0.0, max=1.0)
     max_partials: int = _opt(1, "1.6 s pieces of an utterance embedded (each about 14 ms of CPU on the bench "
                                 "machine)", min=1, max=8)

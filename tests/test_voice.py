@@ -1,0 +1,320 @@
+"""Speaker attribution (device/voice): the numpy voice encoder, enrollment and its refusals, the voice
+CLI and its privacy, and `affectbox analyze --other-voice` on dialogues of two espeak-ng voices.
+
+The voices: a low male espeak-ng voice ("clinician", enrolled) and a higher female one ("patient"),
+speaking different sentences; GE2E tells them apart (cosine about 0.6 between them, about 0.87
+within one voice).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pickle
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile
+
+from device.config import Config
+from device.errors import ModelError
+from device.inference.torch_weights import LEGACY_MAGIC, load_checkpoint
+from device.observation import SAMPLE_RATE
+from device.voice.enrollment import enroll_pcm
+from device.voice.loading import load_encoder
+from device.voice.voiceprints import VoiceprintError, VoiceprintStore
+
+pytestmark = pytest.mark.timeout(300)
+ROOT = Path(__file__).resolve().parents[1]
+
+CLINICIAN = ("en-us+m3", 40)
+PATIENT = ("en+f3", 60)
+CLINICIAN_LINES = [
+    "How have you been feeling since our last appointment?", "Tell me more about what happened at work.",
+    "Let us talk about your sleep for a moment.", "Did you take the tablets every morning?",
+    "What would you like to focus on today?", "That sounds like a difficult week for you.",
+]
+PATIENT_LINES = [
+    "I have not been sleeping well for the last few weeks.", "Some days are better than others, I suppose.",
+    "My sister came to visit on Sunday and we went for a walk.", "I find it hard to concentrate at work lately.",
+    "The new medication seems to help a little.", "I don't really know what to say about that.",
+]
+ENROLL_LINES = [
+    "Good morning, I am the clinician who will see you today.", "Please take a seat and make yourself comfortable.",
+    "We will start with a few questions about the past week.", "There are no right or wrong answers here.",
+    "Take your time, and tell me whenever you need a break.", "Let me write down a few notes as we go along.",
+    "We can look at your sleep diary together afterwards.",
+]
+
+
+def say(text: str, voice: tuple[str, int], folder: Path) -> np.ndarray:
+    path = folder / "say.wav"
+    subprocess.run(["espeak-ng", "-v", voice[0], "-p", str(voice[1]), "-w", str(path), text], check=True,
+                   capture_output=True)
+    pcm, rate = soundfile.read(path, dtype="float32")
+    positions = np.arange(0, len(pcm) * SAMPLE_RATE / rate) * rate / SAMPLE_RATE
+    return np.interp(positions, np.arange(len(pcm)), pcm).astype(np.float32) * 0.5
+
+
+def write_wav(path: Path, pieces: list[np.ndarray], gap_s: float = 0.8, seed: int = 1) -> Path:
+    rng = np.random.default_rng(seed)
+    gap = np.zeros(int(gap_s * SAMPLE_RATE), np.float32)
+    pcm = np.concatenate([np.concatenate([gap, p]) for p in pieces] + [gap])
+    pcm = pcm + rng.normal(0, 10 ** (-60 / 20), len(pcm)).astype(np.float32)
+    soundfile.write(path, pcm, SAMPLE_RATE, subtype="PCM_16")
+    return path
+
+
+@pytest.fixture(scope="module")
+def voices(tmp_path_factory) -> dict[str, Path]:
+    folder = tmp_path_factory.mktemp("voices")
+    clinician = [say(t, CLINICIAN, folder) for t in ENROLL_LINES]
+    files = {"enroll": write_wav(folder / "clinician_enroll.wav", clinician, 0.5)}
+    turns, spans, t = [], [], 0.0
+    for p_line, c_line in zip(PATIENT_LINES, CLINICIAN_LINES, strict=True):
+        for who, line, voice in (("patient", p_line, PATIENT), ("clinician", c_line, CLINICIAN)):
+            pcm = say(line, voice, folder)
+            t += 0.8
+            spans.append((t, t + len(pcm) / SAMPLE_RATE, who))
+            t += len(pcm) / SAMPLE_RATE
+            turns.append(pcm)
+    files["dialogue"] = write_wav(folder / "dialogue.wav", turns)
+    (folder / "turns.json").write_text(json.dumps(spans))
+    files["turns"] = folder / "turns.json"
+    files["short"] = write_wav(folder / "short.wav", clinician[:2], 0.5)
+    patient_talk = [say(t, PATIENT, folder) for t in PATIENT_LINES]
+    mixed = [piece for pair in zip(clinician[:6], patient_talk, strict=True) for piece in pair]
+    files["two_voices"] = write_wav(folder / "two_voices.wav", mixed, 0.5)
+    files["patient_only"] = write_wav(folder / "patient_only.wav", patient_talk)
+    return files
+
+
+def run_cli(*args: str, env: dict[str, str] | None = None, stdin: str | None = None) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "device", *args], capture_output=True, text=True, timeout=240,
+                          cwd=ROOT, check=False, input=stdin, env={**os.environ, **(env or {})})
+
+
+# ---- the model --------------------------------------------------------------------------------------------
+
+def test_checkpoint_reader_gives_the_state_dict_without_torch(config):
+    encoder = load_encoder(config)
+    assert encoder.path is not None
+    state = load_checkpoint(encoder.path)["model_state"]
+    assert state["lstm.weight_ih_l0"].shape == (1024, 40) and state["linear.weight"].shape == (256, 256)
+    assert all(np.isfinite(v).all() for v in state.values())
+    assert "torch" not in sys.modules
+
+
+def test_checkpoint_reader_refuses_code(tmp_path):
+    """A pickle that names any other global (here os.system) is refused before anything runs."""
+
+    class Evil:
+        def __reduce__(self):
+            return (os.system, ("touch " + str(tmp_path / "pwned"),))
+
+    path = tmp_path / "evil.pt"
+    with path.open("wb") as handle:
+        for part in (LEGACY_MAGIC, 1001, {"little_endian": True}):
+            pickle.dump(part, handle)
+        pickle.dump({"model_state": Evil()}, handle)
+        pickle.dump([], handle)
+    with pytest.raises(ModelError, match="refuses to load"):
+        load_checkpoint(path)
+    assert not (tmp_path / "pwned").exists()
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint at all")
+    with pytest.raises(ModelError):
+        load_checkpoint(tmp_path / "junk.pt")
+
+
+def test_embeddings_tell_the_two_voices_apart(config, tmp_path):
+    encoder = load_encoder(config)
+    a1, a2 = (encoder.embed(say(t, CLINICIAN, tmp_path)) for t in CLINICIAN_LINES[:2])
+    b1 = encoder.embed(say(PATIENT_LINES[0], PATIENT, tmp_path))
+    assert np.linalg.norm(a1) == pytest.approx(1.0, abs=1e-5)
+    assert float(a1 @ a2) > config.voice.threshold > float(a1 @ b1)
+    again = encoder.embed(say(CLINICIAN_LINES[0], CLINICIAN, tmp_path))
+    assert np.allclose(a1, again, atol=1e-6)  # deterministic
+
+
+# ---- enrollment ---------------------------------------------------------------------------------------------
+
+def read16(path: Path) -> np.ndarray:
+    return soundfile.read(path, dtype="int16")[0]
+
+
+def test_enrollment_refuses_too_little_speech_and_two_voices(config, voices):
+    encoder = load_encoder(config)
+    kwargs = {"threshold": config.voice.threshold, "min_speech_s": config.voice.min_enroll_speech_s}
+    with pytest.raises(VoiceprintError, match=r"short: only \d+\.\d s of speech found"):
+        enroll_pcm(read16(voices["short"]), encoder, config.speech, what="short", **kwargs)
+    with pytest.raises(VoiceprintError, match="more than one voice"):
+        enroll_pcm(read16(voices["two_voices"]), encoder, config.speech, what="two", **kwargs)
+    good = enroll_pcm(read16(voices["enroll"]), encoder, config.speech, what="enroll", **kwargs)
+    assert good.speech_s >= config.voice.min_enroll_speech_s and good.pieces >= 4
+
+
+def test_voiceprint_store_is_private_and_checks_names(tmp_path):
+    store = VoiceprintStore(tmp_path / "voices")
+    vector = np.random.default_rng(0).normal(size=256).astype(np.float32)
+    store.save("dr-smith", vector, 22.0, 7)
+    path = tmp_path / "voices" / "dr-smith.voiceprint.json"
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    assert stat.S_IMODE((tmp_path / "voices").stat().st_mode) == 0o700
+    assert [v.name for v in store.load()] == ["dr-smith"]
+    assert "embedding" not in store.load()[0].listing()
+    for bad in ("../etc", "a/b", "", ".hidden", "x" * 65):
+        with pytest.raises(VoiceprintError, match="not valid"):
+            store.save(bad, vector, 1.0, 1)
+    with pytest.raises(VoiceprintError, match="already enrolled"):
+        store.save("dr-smith", vector, 1.0, 1)
+    (tmp_path / "voices" / "broken.voiceprint.json").write_text("{not json")
+    assert [v.name for v in store.load()] == ["dr-smith"] and "broken" in store.problems[0]
+    store.delete("dr-smith")
+    with pytest.raises(VoiceprintError, match="no voice named"):
+        store.delete("dr-smith")
+
+
+# ---- the voice CLI ------------------------------------------------------------------------------------------
+
+def voice_config(folder: Path) -> Path:
+    path = folder / "config.toml"
+    path.write_text(f'[device]\nstate_dir = "{folder / "state"}"\n')
+    return path
+
+
+def test_voice_cli_enroll_list_delete(voices, tmp_path):
+    config = voice_config(tmp_path)
+    refused = run_cli("voice", "enroll", "--name", "dr-smith", str(voices["enroll"]), "--config", str(config))
+    assert refused.returncode == 2 and "explicit confirmation" in refused.stderr
+    declined = run_cli("voice", "enroll", "--name", "dr-smith", str(voices["enroll"]), "--config", str(config),
+                       stdin="no\n")
+    assert declined.returncode == 2 and not (tmp_path / "state" / "voiceprints").exists()
+
+    enrolled = run_cli("voice", "enroll", "--name", "dr-smith", str(voices["enroll"]), "--yes", "--config",
+                       str(config))
+    assert enrolled.returncode == 0, enrolled.stderr
+    assert "enrolled dr-smith" in enrolled.stdout
+    stored = tmp_path / "state" / "voiceprints" / "dr-smith.voiceprint.json"
+    assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+    embedding = json.loads(stored.read_text())["embedding"]
+    listed = run_cli("voice", "list", "--json", "--config", str(config))
+    assert listed.returncode == 0
+    assert [v["name"] for v in json.loads(listed.stdout)["voices"]] == ["dr-smith"]
+    for output in (enrolled.stdout + enrolled.stderr, listed.stdout + listed.stderr):
+        assert f"{embedding[0]}" not in output and f"{embedding[1]}" not in output
+    again = run_cli("voice", "enroll", "--name", "dr-smith", str(voices["enroll"]), "--yes", "--config", str(config))
+    assert again.returncode == 2 and "already enrolled" in again.stderr
+    deleted = run_cli("voice", "delete", "dr-smith", "--config", str(config))
+    assert deleted.returncode == 0 and not stored.exists()
+    assert "no voices enrolled" in run_cli("voice", "list", "--config", str(config)).stdout
+
+
+@pytest.mark.parametrize("case", ["short", "two_voices", "not_audio", "missing", "bad_name"])
+def test_voice_cli_bad_enrollment_is_one_line(voices, tmp_path, case):
+    config = voice_config(tmp_path)
+    text = tmp_path / "notes.wav"
+    text.write_text("this is not audio\n" * 50)
+    source = {"short": str(voices["short"]), "two_voices": str(voices["two_voices"]), "not_audio": str(text),
+              "missing": str(tmp_path / "nope.wav"), "bad_name": str(voices["enroll"])}[case]
+    name = "../x" if case == "bad_name" else "dr-jones"
+    result = run_cli("voice", "enroll", "--name", name, source, "--yes", "--config", str(config))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("affectbox: error: "), result.stderr
+    expected = {"short": "of speech found", "two_voices": "more than one voice", "not_audio": "notes.wav",
+                "missing": "no such file", "bad_name": "not valid"}[case]
+    assert expected in lines[0]
+    assert not list((tmp_path / "state").glob("voiceprints/*.json"))
+
+
+# ---- analyze --other-voice ------------------------------------------------------------------------------------
+
+def overlap(a0: float, a1: float, spans: list, who: str) -> float:
+    return sum(max(0.0, min(a1, e) - max(a0, s)) for s, e, w in spans if w == who)
+
+
+@pytest.fixture(scope="module")
+def analysed(voices, tmp_path_factory) -> dict[str, Path]:
+    out = tmp_path_factory.mktemp("analysed")
+    with_voice = run_cli("analyze", str(voices["dialogue"]), "--other-voice", str(voices["enroll"]), "--out",
+                         str(out / "with"), "--quiet")
+    assert with_voice.returncode == 0, with_voice.stderr
+    assert "s of other voices left out" in with_voice.stdout
+    without = run_cli("analyze", str(voices["dialogue"]), "--out", str(out / "without"), "--quiet")
+    assert without.returncode == 0, without.stderr
+    return {"with": out / "with", "without": out / "without"}
+
+
+def rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def test_analyze_marks_the_enrolled_voice_other_and_keeps_it_out(analysed, voices):
+    spans = json.loads(voices["turns"].read_text())
+    speech = [r for r in rows(analysed["with"] / "timeline.jsonl") if r["modality"] == "speech"]
+    assert len(speech) >= 10
+    for r in speech:
+        clinician = overlap(r["start"], r["end"], spans, "clinician")
+        patient = overlap(r["start"], r["end"], spans, "patient")
+        assert r["speaker"] == ("other" if clinician > patient else "patient"), r
+        assert isinstance(r["similarity"], float)
+        if r["speaker"] == "other":  # counted, never analysed
+            assert not r["present"] and "probs" not in r and "prosody" not in r
+        else:
+            assert r["present"] and r["prosody"]
+    windows = rows(analysed["with"] / "windows.jsonl")
+    other_s = sum(w["speakers"]["other_s"] for w in windows)
+    patient_s = sum(w["speakers"]["patient_s"] for w in windows)
+    truth = {who: sum(e - s for s, e, w in spans if w == who) for who in ("patient", "clinician")}
+    assert other_s == pytest.approx(truth["clinician"], rel=0.35)
+    assert patient_s == pytest.approx(truth["patient"], rel=0.35)
+    # prosody only from the patient's speech: the window prosody's speech time is the patient's
+    assert sum((w["prosody"] or {}).get("speech_s") or 0 for w in windows) <= patient_s + 0.5
+    summary = json.loads((analysed["with"] / "summary.json").read_text())
+    assert summary["speakers"]["attributed"] is True and summary["speakers"]["enrolled_voices"] == 1
+    assert summary["speakers"]["other_s"] == pytest.approx(other_s, abs=0.01)
+    assert summary["coverage"]["speech"]["items"] == sum(1 for r in speech if r["speaker"] == "patient")
+    assert any(m["name"] == "resemblyzer_voice_encoder" for m in summary["models"])
+    report = (analysed["with"] / "report.html").read_text()
+    assert "enrolled voices excluded" in report
+    header = (analysed["with"] / "windows.csv").read_text().splitlines()[0].split(",")
+    assert header[-2:] == ["patient_speech_s", "other_speech_s"]
+
+
+def test_analyze_without_voices_is_as_before_and_says_so(analysed):
+    speech = [r for r in rows(analysed["without"] / "timeline.jsonl") if r["modality"] == "speech"]
+    assert speech and all("speaker" not in r and r["present"] for r in speech)
+    summary = json.loads((analysed["without"] / "summary.json").read_text())
+    assert summary["speakers"]["attributed"] is False and summary["speakers"]["other_s"] == 0
+    assert "speakers are not told apart" in summary["speakers"]["note"]
+    assert "speakers are not told apart" in (analysed["without"] / "report.html").read_text()
+    assert summary["coverage"]["speech"]["items"] == len(speech)
+
+
+def test_analyze_keeps_a_voice_that_is_not_enrolled(voices, tmp_path):
+    """The patient's own recording, with the clinician enrolled: nothing is excluded."""
+    result = run_cli("analyze", str(voices["patient_only"]), "--other-voice", str(voices["enroll"]), "--out",
+                     str(tmp_path / "out"), "--quiet")
+    assert result.returncode == 0, result.stderr
+    speech = [r for r in rows(tmp_path / "out" / "timeline.jsonl") if r["modality"] == "speech"]
+    assert speech and all(r["speaker"] == "patient" for r in speech)
+
+
+def test_analyze_bad_other_voice_is_one_line(voices, tmp_path):
+    result = run_cli("analyze", str(voices["dialogue"]), "--other-voice", str(voices["short"]), "--out",
+                     str(tmp_path / "out"), "--quiet")
+    assert result.returncode == 2
+    assert result.stderr.strip().count("\n") == 0 and "of speech found" in result.stderr
+    assert not (tmp_path / "out").exists()
+
+
+def test_config_voice_section_is_validated(tmp_path):
+    path = tmp_path / "c.toml"
+    path.write_text("[voice]\nthreshold = 3\n")
+    result = run_cli("validate-config", str(path))
+    assert result.returncode == 2 and "voice.threshold" in result.stderr
+    assert Config().voice.enabled

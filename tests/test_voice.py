@@ -259,3 +259,58 @@ def test_config_voice_section_is_validated(tmp_path):
     result = run_cli("validate-config", str(path))
     assert result.returncode == 2 and "voice.threshold" in result.stderr
     assert Config().voice.enabled
+
+
+# ---- the status page ----------------------------------------------------------------------------------------
+
+def test_page_enrolls_at_the_device_lists_and_deletes(voices, tmp_path):
+    """The real daemon replays the clinician talking as its microphone; the page records from it."""
+    from device.config import config_from_dict
+    from device.credentials import hash_password
+    from device.daemon.service import Daemon
+    from device.health import SystemdNotifier
+    from device.web import create_app
+
+    config = config_from_dict({
+        "store": {"path": str(tmp_path / "affectbox.db")},
+        "device": {"id": "voice-test", "state_dir": str(tmp_path / "state")},
+        "control": {"socket": str(tmp_path / "control.sock")},
+        "hub": {"enabled": False, "outbox_path": str(tmp_path / "outbox.db")},
+        "web": {"enabled": False},
+        "session": {"debug_recording_dir": str(tmp_path / "debug")},
+        "capture": {"camera": "none"},
+    })
+    appliance = Daemon(config, replay_audio=voices["enroll"], replay_loop=True, notifier=SystemdNotifier(""))
+    appliance.start()
+    try:
+        client = create_app(appliance, password_hash=hash_password("voice page password")).test_client()
+        assert client.get("/api/voices").status_code == 401
+        token = client.post("/api/login", json={"password": "voice page password"}).json["csrf_token"]
+        headers = {"X-CSRF-Token": token}
+        page = client.get("/voices")
+        assert page.status_code == 200 and b"No voices enrolled" in page.data
+        refused = client.post("/api/voices", json={"name": "dr-smith", "seconds": 15}, headers=headers)
+        assert refused.status_code == 400 and "confirm" in refused.json["error"]
+        bad = client.post("/api/voices", json={"name": "../x", "confirm": True}, headers=headers)
+        assert bad.status_code == 400
+        assert client.post("/api/voices", json={"name": "dr-smith", "confirm": True, "seconds": 15}).status_code == 403
+        assert client.get("/api/voices").json["voices"] == []
+
+        done = client.post("/api/voices", json={"name": "dr-smith", "confirm": True, "seconds": 15}, headers=headers)
+        assert done.status_code == 201, done.json
+        assert done.json["name"] == "dr-smith" and "embedding" not in done.json
+        listed = client.get("/api/voices").json
+        assert [v["name"] for v in listed["voices"]] == ["dr-smith"]
+        stored = tmp_path / "state" / "voiceprints" / "dr-smith.voiceprint.json"
+        assert stat.S_IMODE(stored.stat().st_mode) == 0o600
+        assert json.loads(stored.read_text())["embedding"][0] is not None
+        again = client.post("/api/voices", json={"name": "dr-smith", "confirm": True, "seconds": 15}, headers=headers)
+        assert again.status_code == 409
+
+        missing = client.post("/api/voices/nobody/delete", json={}, headers=headers)
+        assert missing.status_code == 404
+        deleted = client.post("/api/voices/dr-smith/delete", json={}, headers=headers)
+        assert deleted.status_code == 200 and not stored.exists()
+        assert client.get("/api/voices").json["voices"] == []
+    finally:
+        appliance.shutdown("test done")

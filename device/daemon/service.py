@@ -412,6 +412,13 @@ class Daemon:
         self._publish_status(force=True)
         return result
 
+    def record_voice(self, seconds: float) -> Any:
+        """Microphone audio for a voice enrollment from the status page (device/voice)."""
+        if self.speech_worker is None:
+            raise AffectboxError("this device has no microphone configured: enroll with "
+                                 "'affectbox voice enroll FILE' instead")
+        return self.speech_worker.record(seconds)
+
     def _control_request(self, request: dict[str, Any]) -> dict[str, Any]:
         command = request["command"]
         if command == "status":

@@ -172,6 +172,8 @@ class SpeechWorker(_Worker):
         self._levels: collections.deque[float] = collections.deque(maxlen=33)  # about 1 s of 30-ms blocks
         self.now: dict[str, Any] = {"speech_active": None}
         self._last_watermark = 0.0
+        self._tap: list[np.ndarray] | None = None  # blocks collected for a voice enrollment
+        self._tap_lock = threading.Lock()
 
     def _switch(self, old_generation: int, generation: int, active: bool) -> None:
         if self.analyzer is not None:
@@ -209,7 +211,35 @@ class SpeechWorker(_Worker):
         power = sum(levels) / len(levels)
         return round(10 * math.log10(power), 1) if power > 0 else -120.0
 
+    def record(self, seconds: float, timeout_s: float | None = None) -> np.ndarray:
+        """int16 samples of the next `seconds` of microphone audio (a voice enrollment at the device).
+
+        Refused while a session runs: the patient would be recorded too. Nothing is written to disk.
+        """
+        if self.recorder.view.session_id is not None:
+            raise AffectboxError("a session is running: stop it before enrolling a voice")
+        wanted = int(seconds * 16000)
+        with self._tap_lock:
+            if self._tap is not None:
+                raise AffectboxError("another voice enrollment is recording now")
+            self._tap = []
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else seconds + 10.0)
+        try:
+            while sum(len(b) for b in self._tap) < wanted and time.monotonic() < deadline:
+                time.sleep(0.05)
+            got = np.concatenate(self._tap) if self._tap else np.zeros(0, np.int16)
+        finally:
+            with self._tap_lock:
+                self._tap = None
+        if len(got) < wanted // 2:
+            raise AffectboxError(f"the microphone delivered {len(got) / 16000:.1f} s of audio in "
+                                 f"{seconds:g} s: check it (affectbox selftest)")
+        return got[:wanted]
+
     def _seen(self, item: AudioBlock) -> None:
+        tap = self._tap
+        if tap is not None:
+            tap.append(item.samples.copy())
         samples = item.samples.astype(np.float32) / 32768.0
         if samples.size:
             self._levels.append(float(np.mean(samples * samples)))

@@ -46,6 +46,7 @@ from device.labels import LABELS
 from device.voice.attribution import OTHER, SpeakerAttributor
 from device.voice.enrollment import blocks_of, enroll_pcm, speech_utterances
 from device.voice.loading import load_encoder
+from device.voice.voiceprints import VoiceprintError
 
 SR = 16000
 ENROLL_FILES = 8
@@ -166,6 +167,7 @@ def run_dialogues(config: Config, found: dict[str, list[Path]], pairs: int, rng:
               "mixed": [(a, b) for a in actors for b in actors if (a in male) != (b in male)]}
     per_group = max(1, pairs // 3)
     rows = []
+    refused: list[str] = []
     attribution_cpu = []
     for group, candidates in groups.items():
         for k in rng.choice(len(candidates), per_group, replace=False):
@@ -182,8 +184,12 @@ def run_dialogues(config: Config, found: dict[str, list[Path]], pairs: int, rng:
                 p_files = p_files[:len(c_dialogue)]
             else:
                 c_enroll, c_dialogue = c_all[:ENROLL_FILES], c_all[ENROLL_FILES:ENROLL_FILES + len(p_files)]
-            voice = enroll_pcm(joined(c_enroll, rng), encoder, config.speech, what=clinician,
-                               threshold=config.voice.threshold, min_speech_s=5.0).embedding
+            try:
+                voice = enroll_pcm(joined(c_enroll, rng), encoder, config.speech, what=clinician,
+                                   threshold=config.voice.threshold, min_speech_s=5.0).embedding
+            except VoiceprintError as exc:  # the device would refuse this enrollment: counted, pair skipped
+                refused.append(str(exc))
+                continue
             mix, turns = dialogue(p_files, c_dialogue, rng)
             result = {"group": group, "patient": patient, "clinician": clinician, "emotion": emotion}
             for mode in ("attributed", "unattributed"):
@@ -227,7 +233,7 @@ def run_dialogues(config: Config, found: dict[str, list[Path]], pairs: int, rng:
                   if r[mode][key] is not None)
         return round(num / den, 4) if den else None
 
-    summary: dict = {"dialogues": len(rows)}
+    summary: dict = {"dialogues": len(rows), "enrollments_refused": refused}
     for group in ("all", *groups):
         subset = rows if group == "all" else [r for r in rows if r["group"] == group]
         summary[group] = {

@@ -314,3 +314,46 @@ def test_page_enrolls_at_the_device_lists_and_deletes(voices, tmp_path):
         assert client.get("/api/voices").json["voices"] == []
     finally:
         appliance.shutdown("test done")
+
+
+# ---- the contract -------------------------------------------------------------------------------------------
+
+def test_schema_2_carries_speakers_and_version_1_still_validates():
+    import copy
+
+    import jsonschema
+
+    from device.aggregate import WindowAggregator
+    from device.config import AggregationConfig
+    from device.contract import payloads
+    from device.observation import Observation
+
+    aggregator = WindowAggregator(AggregationConfig(window_seconds=10.0))
+    probs = np.full(7, 1 / 7)
+    aggregator.add(Observation(2.0, "speech", probs, 1.0, {"duration": 3.0, "speaker": "patient",
+                                                             "similarity": 0.3}))
+    aggregator.add(Observation(6.0, "speech", None, 0.0, {"duration": 2.0, "speaker": "other", "similarity": 0.9}))
+    (window,) = aggregator.flush(end=10.0)
+    assert window.speakers == {"attributed": True, "patient_s": 3.0, "other_s": 2.0, "other_share": 0.4}
+    assert window.modalities["speech"]["seconds"] == 3.0 and window.modalities["speech"]["items"] == 1
+    mood = payloads.mood_payload("dev-1", "s-1", 1, window)
+    assert mood["schema"] == 2 and mood["speakers"]["other_s"] == 2.0
+    schema = jsonschema.Draft202012Validator(payloads.load_schema("mood"), format_checker=jsonschema.FormatChecker())
+    schema.validate(mood)
+    old = copy.deepcopy(mood)
+    old["schema"] = 1
+    del old["speakers"]
+    schema.validate(old)  # a device not yet updated is still accepted
+    missing = copy.deepcopy(mood)
+    del missing["speakers"]
+    assert not schema.is_valid(missing)
+    mixed = copy.deepcopy(mood)
+    mixed["schema"] = 1
+    assert not schema.is_valid(mixed)
+    summary_schema = jsonschema.Draft202012Validator(payloads.load_schema("summary"))
+    from device.aggregate import summarize
+
+    summary = summarize([window], 10.0, {"speech": {"items": 1, "present": 1, "seconds": 3.0}})
+    built = payloads.summary_payload("dev-1", "s-1", 2, summary)
+    summary_schema.validate(built)
+    assert built["speakers"] == {"attributed": True, "patient_s": 3.0, "other_s": 2.0, "other_share": 0.4}

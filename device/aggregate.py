@@ -7,6 +7,9 @@ A window covers `[start, start + window_seconds)` of item time. For each modalit
 then `device.fusion.fuse` turns the modalities into the window's mood (probabilities, dominant
 label, valence, arousal). Speech windows also carry prosody (device/audio/prosody.py), from
 every utterance overlapping the window.
+Speech attributed to an enrolled voice (`"speaker": "other"`, device/voice) is kept apart: it
+counts only in the window's `speakers` (patient and other seconds), never in the speech modality,
+its coverage, fusion or prosody.
 
 Speech observations arrive late: an utterance is classified when it ends, up to
 `max_utterance_ms` + `hangover_ms` after it began, while frames keep coming. So windows close

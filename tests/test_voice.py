@@ -357,3 +357,19 @@ def test_schema_2_carries_speakers_and_version_1_still_validates():
     built = payloads.summary_payload("dev-1", "s-1", 2, summary)
     summary_schema.validate(built)
     assert built["speakers"] == {"attributed": True, "patient_s": 3.0, "other_s": 2.0, "other_share": 0.4}
+
+
+def test_voice_cli_records_from_the_microphone(voices, tmp_path, monkeypatch, capsys):
+    """`--record SECONDS` reads the configured microphone; here the replay backend stands in for it."""
+    import device.capture.live as live
+    from device.cli import main
+
+    monkeypatch.setattr(live, "microphone_from_config",
+                        lambda capture, block_ms: live.ReplayMicrophone(voices["enroll"], block_ms))
+    config = voice_config(tmp_path)
+    assert main(["voice", "enroll", "--name", "dr-mic", "--record", "15", "--yes", "--config", str(config)]) == 0
+    assert "enrolled dr-mic" in capsys.readouterr().out
+    assert (tmp_path / "state" / "voiceprints" / "dr-mic.voiceprint.json").is_file()
+    assert main(["voice", "enroll", "--name", "dr-x", str(voices["enroll"]), "--record", "15", "--yes",
+                 "--config", str(config)]) == 2
+    assert "one source" in capsys.readouterr().err

@@ -21,7 +21,7 @@ from device.inference.runtime import resolve_models_dir, sha256_file
 from device.inference.voice_encoder import MODEL_NAME, VoiceEncoder
 from device.voice.attribution import SpeakerAttributor
 from device.voice.enrollment import Enrollment, enroll_pcm
-from device.voice.voiceprints import VoiceprintStore
+from device.voice.voiceprints import VoiceprintError, VoiceprintStore, check_name
 
 _ENCODERS: dict[str, VoiceEncoder] = {}  # one copy of the 17 MB of weights per process
 
@@ -85,13 +85,9 @@ def file_attributor(config: Config, paths: Iterable[str | Path]) -> SpeakerAttri
 
 def enroll_and_save(config: Config, name: str, pcm: Any, *, what: str, replace: bool = False) -> dict[str, Any]:
     """Enroll int16 PCM under `name` in the device's voiceprint folder; the listing entry (no embedding)."""
-    from device.voice.voiceprints import check_name
-
     check_name(name)
     store = VoiceprintStore(voiceprints_dir(config))
     if not replace and name in store.names():
-        from device.voice.voiceprints import VoiceprintError
-
         raise VoiceprintError(f"a voice named {name!r} is already enrolled (delete it first, or replace it)")
     result = enroll_pcm(pcm, load_encoder(config), config.speech, what=what, threshold=config.voice.threshold,
                         min_speech_s=config.voice.min_enroll_speech_s)

@@ -373,3 +373,17 @@ def test_voice_cli_records_from_the_microphone(voices, tmp_path, monkeypatch, ca
     assert main(["voice", "enroll", "--name", "dr-x", str(voices["enroll"]), "--record", "15", "--yes",
                  "--config", str(config)]) == 2
     assert "one source" in capsys.readouterr().err
+
+
+def test_root_enrollment_hands_the_voiceprint_to_the_state_owner(tmp_path):
+    """`sudo affectbox voice enroll` must leave a file the service user (owner of state_dir) can read."""
+    if os.geteuid() != 0:
+        pytest.skip("needs root to change owners")
+    state = tmp_path / "state"
+    state.mkdir()
+    os.chown(state, 4242, 4242)
+    store = VoiceprintStore(state / "voiceprints")
+    store.save("dr-owner", np.ones(256, np.float32), 12.0, 3)
+    path = state / "voiceprints" / "dr-owner.voiceprint.json"
+    assert (path.stat().st_uid, (state / "voiceprints").stat().st_uid) == (4242, 4242)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

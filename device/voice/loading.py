@@ -9,6 +9,7 @@ The encoder file must match its sha256 pin in models/third_party.json (fetched b
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -23,6 +24,7 @@ from device.voice.attribution import SpeakerAttributor
 from device.voice.enrollment import Enrollment, enroll_pcm
 from device.voice.voiceprints import VoiceprintError, VoiceprintStore, check_name
 
+log = logging.getLogger(__name__)
 _ENCODERS: dict[str, VoiceEncoder] = {}  # one copy of the 17 MB of weights per process
 
 
@@ -62,7 +64,10 @@ def attributor_for(config: Config, encoder: VoiceEncoder, voices: dict[str, Any]
 def device_attributor(config: Config, only: Iterable[str] | None = None) -> SpeakerAttributor | None:
     if not config.voice.enabled:
         return None
-    voices = VoiceprintStore(voiceprints_dir(config)).load()
+    store = VoiceprintStore(voiceprints_dir(config))
+    voices = store.load()
+    for problem in store.problems:  # names the file, never its content
+        log.warning("voice: skipped: %s", problem)
     if only is not None:
         wanted = set(only)
         voices = [v for v in voices if v.name in wanted]

@@ -114,7 +114,18 @@ class VoiceprintStore:
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)
         os.chmod(self.folder, 0o700)
         write_secret(path, json.dumps(record))
+        self._give_to_state_owner(path)
         return Voiceprint(name, vector, created, float(speech_s), int(utterances))
+
+    def _give_to_state_owner(self, path: Path) -> None:
+        """Run as root (`sudo affectbox voice enroll`), hand the folder and file to the owner of the
+        state folder (the service user on a Pi), or the daemon could not read what was enrolled."""
+        if not hasattr(os, "geteuid") or os.geteuid() != 0:
+            return
+        owner = self.folder.parent.stat()
+        if owner.st_uid != 0:
+            for target in (self.folder, path):
+                os.chown(target, owner.st_uid, owner.st_gid)
 
     def delete(self, name: str) -> None:
         path = self._path(name)

@@ -2,8 +2,9 @@
 
     .venv/bin/python bench/bench_speaker.py [--datasets /work/shared/datasets] [--pairs 24] [--json-out FILE]
 
-The voice encoder (Resemblyzer's GE2E, numpy port) was trained on LibriSpeech, VoxCeleb 1/2 and
-VCTK, never on RAVDESS or TESS, so every speaker here is unseen.
+The voice encoder (Resemblyzer's GE2E, numpy port): its wheel does not name its training data;
+Real-Time-Voice-Cloning, whose encoder it is interchangeable with, trains on LibriSpeech and
+VoxCeleb 1 and 2. Neither holds RAVDESS or TESS, so every speaker here is unseen.
 
 1. Verification: each RAVDESS actor (18) and TESS speaker (2) is enrolled as the device does it
    (`enroll_pcm`: VAD, pieces, checks) from 8 of their files joined with short pauses (about

@@ -387,3 +387,57 @@ def test_root_enrollment_hands_the_voiceprint_to_the_state_owner(tmp_path):
     path = state / "voiceprints" / "dr-owner.voiceprint.json"
     assert (path.stat().st_uid, (state / "voiceprints").stat().st_uid) == (4242, 4242)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+def test_checkpoint_reader_reads_the_zip_format(tmp_path, monkeypatch):
+    """PyTorch >= 1.6 writes zip archives (data.pkl + one file per storage): written here with stand-in
+    `torch` modules (no PyTorch), read back into the same numbers, strides and offsets."""
+    import io
+    import types
+    import zipfile
+
+    def rebuild(*args):  # stands in for torch._utils._rebuild_tensor_v2 while pickling
+        raise AssertionError("never called")
+
+    class FloatStorage:  # stands in for torch.FloatStorage
+        pass
+
+    torch_module, utils_module = types.ModuleType("torch"), types.ModuleType("torch._utils")
+    rebuild.__module__, rebuild.__qualname__ = "torch._utils", "_rebuild_tensor_v2"
+    FloatStorage.__module__, FloatStorage.__qualname__ = "torch", "FloatStorage"
+    utils_module._rebuild_tensor_v2, torch_module.FloatStorage = rebuild, FloatStorage
+    monkeypatch.setitem(sys.modules, "torch", torch_module)
+    monkeypatch.setitem(sys.modules, "torch._utils", utils_module)
+
+    class Tensor:
+        def __init__(self, key, offset, size, stride):
+            self.args = (key, offset, size, stride)
+
+        def __reduce__(self):
+            key, offset, size, stride = self.args
+            return rebuild, (("storage", key), offset, size, stride, False, {})
+
+    class Writer(pickle.Pickler):
+        def persistent_id(self, obj):
+            if isinstance(obj, tuple) and obj[:1] == ("storage",):
+                return ("storage", FloatStorage, obj[1], "cpu", 12)
+            return None
+
+    data = np.arange(12, dtype="<f4")
+    buffer = io.BytesIO()
+    Writer(buffer, protocol=2).dump({"model_state": {"w": Tensor("0", 0, (3, 4), (4, 1)),
+                                                     "t": Tensor("0", 1, (2, 2), (1, 4))}})
+    path = tmp_path / "zip.pt"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("archive/data.pkl", buffer.getvalue())
+        archive.writestr("archive/data/0", data.tobytes())
+    monkeypatch.delitem(sys.modules, "torch")
+    monkeypatch.delitem(sys.modules, "torch._utils")
+    state = load_checkpoint(path)["model_state"]
+    assert np.array_equal(state["w"], data.reshape(3, 4))
+    assert np.array_equal(state["t"], np.array([[1, 5], [2, 6]], dtype=np.float32))
+    with zipfile.ZipFile(path, "w") as archive:  # a storage smaller than its tensors claim
+        archive.writestr("archive/data.pkl", buffer.getvalue())
+        archive.writestr("archive/data/0", data[:5].tobytes())
+    with pytest.raises(ModelError):
+        load_checkpoint(path)

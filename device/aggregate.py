@@ -7,6 +7,9 @@ A window covers `[start, start + window_seconds)` of item time. For each modalit
 then `device.fusion.fuse` turns the modalities into the window's mood (probabilities, dominant
 label, valence, arousal). Speech windows also carry prosody (device/audio/prosody.py), from
 every utterance overlapping the window.
+Speech attributed to an enrolled voice (`"speaker": "other"`, device/voice) is kept apart: it
+counts only in the window's `speakers` (patient and other seconds), never in the speech modality,
+its coverage, fusion or prosody.
 
 Speech observations arrive late: an utterance is classified when it ends, up to
 `max_utterance_ms` + `hangover_ms` after it began, while frames keep coming. So windows close
@@ -36,6 +39,8 @@ NOT_A_DIAGNOSIS = (
     "affectbox supports clinical judgment; it does not diagnose. Mood estimates from facial expression "
     "and voice are probabilistic and can be wrong, especially for people unlike its training data."
 )
+# speech attributed to someone else (device/voice): counted per window, never analysed
+OTHER_SPEECH = "other_speech"
 # per-window prosody measures averaged into the session summary, weighted by speech time
 PROSODY_SUMMARY_KEYS = ("f0_mean_hz", "f0_sd_hz", "f0_mean_st", "f0_sd_st", "energy_sd_db", "speaking_rate",
                         "articulation_rate", "pause_ratio", "mean_pause_s")
@@ -61,9 +66,11 @@ class ModalityStats:
     weight: float = 0.0
     weighted_sum: np.ndarray = field(default_factory=lambda: np.zeros(NUM_LABELS))
     probs_list: list[np.ndarray] = field(default_factory=list)
+    attributed: bool = False  # an observation carried a speaker attribution (device/voice)
 
     def add(self, obs: Observation) -> None:
         self.items += 1
+        self.attributed = self.attributed or "speaker" in obs.features
         duration = obs.features.get("duration")
         if duration is not None:
             self.seconds += float(duration)
@@ -119,6 +126,7 @@ class Window:
     probs: np.ndarray | None
     weights: dict[str, float] = field(default_factory=dict)
     prosody: dict[str, Any] | None = None
+    speakers: dict[str, Any] | None = None  # patient and other speech seconds (device/voice)
 
     @property
     def dominant(self) -> str | None:
@@ -143,7 +151,20 @@ class Window:
             "modalities": self.modalities,
             "prosody": None if self.prosody is None else {k: _round(v) if isinstance(v, float) else v
                                                           for k, v in self.prosody.items()},
+            "speakers": self.speakers or speaker_seconds(None, None),
         }
+
+
+def speaker_seconds(patient: ModalityStats | None, other: ModalityStats | None,
+                    attributed: bool | None = None) -> dict[str, Any]:
+    """A window's speech by speaker: the patient's seconds, other voices' seconds, their share."""
+    patient_s = patient.seconds if patient is not None else 0.0
+    other_s = other.seconds if other is not None else 0.0
+    if attributed is None:
+        attributed = other is not None or bool(patient is not None and patient.attributed)
+    total = patient_s + other_s
+    return {"attributed": attributed, "patient_s": round(patient_s, 3), "other_s": round(other_s, 3),
+            "other_share": round(other_s / total, 4) if total > 0 else None}
 
 
 class WindowAggregator:
@@ -173,6 +194,8 @@ class WindowAggregator:
         begin, stop = self._bounds(index)
         stop = stop if end is None else end
         stats = self._open.pop(index, {})
+        other = stats.pop(OTHER_SPEECH, None)
+        speakers = speaker_seconds(stats.get("speech"), other)
         length = self.config.window_seconds
         estimates = {
             m: ModalityEstimate(s.mean_probs, s.coverage(length), s.mean_quality)
@@ -187,7 +210,8 @@ class WindowAggregator:
         # utterances ending before the next window can no longer matter
         while self._utterances and (self._utterances[0].get("speech_end") or 0.0) <= stop:
             self._utterances.popleft()
-        return Window(index, begin, stop, {m: s.to_json(length) for m, s in stats.items()}, probs, weights, prosody)
+        return Window(index, begin, stop, {m: s.to_json(length) for m, s in stats.items()}, probs, weights, prosody,
+                      speakers)
 
     def _close_until(self, limit_index: int) -> list[Window]:
         closed = []
@@ -203,7 +227,8 @@ class WindowAggregator:
         if index < self._next_index:
             self.late_dropped += 1
         else:
-            self._open.setdefault(index, {}).setdefault(obs.modality, ModalityStats()).add(obs)
+            key = OTHER_SPEECH if obs.features.get("speaker") == "other" else obs.modality
+            self._open.setdefault(index, {}).setdefault(key, ModalityStats()).add(obs)
             prosody = obs.features.get("prosody")
             if prosody:
                 self._utterances.append(prosody)
@@ -240,6 +265,15 @@ def _weighted_prosody(windows: list[Window]) -> dict[str, Any] | None:
     return out
 
 
+def _session_speakers(windows: list[Window]) -> dict[str, Any]:
+    rows = [w.speakers for w in windows if w.speakers]
+    patient_s = sum(r["patient_s"] for r in rows)
+    other_s = sum(r["other_s"] for r in rows)
+    total = patient_s + other_s
+    return {"attributed": any(r["attributed"] for r in rows), "patient_s": round(patient_s, 3),
+            "other_s": round(other_s, 3), "other_share": round(other_s / total, 4) if total > 0 else None}
+
+
 def summarize(windows: list[Window], duration: float, counts: dict[str, dict[str, Any]]) -> dict[str, Any]:
     """Session summary: overall mood, its variability across windows, coverage and prosody."""
     with_mood = [w for w in windows if w.probs is not None]
@@ -253,6 +287,7 @@ def summarize(windows: list[Window], duration: float, counts: dict[str, dict[str
         coverage[m] = entry
     summary: dict[str, Any] = {
         "duration_s": round(duration, 3),
+        "speakers": _session_speakers(windows),
         "windows": len(windows),
         "windows_with_mood": len(with_mood),
         "coverage": coverage,

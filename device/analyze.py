@@ -10,6 +10,10 @@ audio file, or an audio file alone. Frames (`VideoFileSource`) and audio blocks
 - `summary.json`: the session summary with source, model and configuration metadata;
 - `report.html`: a self-contained report that opens without network access.
 Every file is written atomically; a failed run leaves earlier outputs untouched.
+
+`other_voices` (`--other-voice FILE`, repeatable) enrolls those voices for this run only (nothing is
+stored): utterances matching one are marked `"speaker": "other"` in the timeline, counted in the
+windows and the summary (`speakers`), and kept out of emotion, prosody and fusion (device/voice).
 """
 
 from __future__ import annotations
@@ -38,6 +42,9 @@ from device.inference.speech import SpeechAnalyzer
 from device.labels import LABELS
 from device.observation import AudioBlock, Frame, Observation
 from device.report import render_report
+from device.voice.attribution import OTHER
+from device.voice.loading import file_attributor
+from device.voice.loading import model_metadata as voice_model_metadata
 
 OUTPUT_FILES = ("timeline.jsonl", "windows.jsonl", "windows.csv", "summary.json", "report.html")
 NO_FACE_WARNING = "no face was found in any analysed frame: the report holds no facial expression estimate"
@@ -66,7 +73,8 @@ def windows_csv(windows: list[Window]) -> str:
     writer = csv.writer(buffer, lineterminator="\n")
     writer.writerow(["index", "start_s", "end_s", "has_mood", "dominant", "valence", "arousal",
                      "face_share", "speech_share", "face_weight", "speech_weight", "face_expressivity",
-                     *[f"p_{lab}" for lab in LABELS], *[f"prosody_{k}" for k in prosody_keys[1:]]])
+                     *[f"p_{lab}" for lab in LABELS], *[f"prosody_{k}" for k in prosody_keys[1:]],
+                     "patient_speech_s", "other_speech_s"])
 
     def cell(value: Any) -> Any:
         return "" if value is None else value
@@ -83,8 +91,20 @@ def windows_csv(windows: list[Window]) -> str:
             cell(row["fusion_weights"].get("face")), cell(row["fusion_weights"].get("speech")),
             cell(face.get("expressivity")), *[cell(probs.get(lab)) for lab in LABELS],
             *[cell(prosody.get(k)) for k in prosody_keys[1:]],
+            row["speakers"]["patient_s"], row["speakers"]["other_s"],
         ])
     return buffer.getvalue()
+
+
+def speakers_note(speakers: dict[str, Any], attributing: bool) -> str:
+    """The report's one line on whose speech was analysed."""
+    if not attributing:
+        return ("no voices enrolled: speakers are not told apart, every voice heard is analysed as the "
+                "patient's")
+    share = speakers.get("other_share")
+    return (f"speech of enrolled voices excluded from the analysis: {speakers['other_s']:.1f} s "
+            f"({0.0 if share is None else 100 * share:.0f} % of the speech); the patient's: "
+            f"{speakers['patient_s']:.1f} s")
 
 
 def model_metadata(models: list[LoadedModel]) -> list[dict[str, Any]]:
@@ -110,6 +130,7 @@ def analyze_media(
     face_analyzer: FaceAnalyzer | None = None,
     speech_analyzer: SpeechAnalyzer | None = None,
     overwrite: bool = True,
+    other_voices: list[str | Path] | None = None,
 ) -> AnalysisResult:
     """Analyse one recording; `progress(media_seconds_done, media_seconds_total)` is called as it goes.
 
@@ -136,6 +157,11 @@ def analyze_media(
         face_analyzer = face_analyzer or FaceAnalyzer.from_config(config)
     if sound is not None:
         speech_analyzer = speech_analyzer or SpeechAnalyzer.from_config(config)
+        if other_voices:
+            speech_analyzer = SpeechAnalyzer(speech_analyzer.classifier, config.speech,
+                                             file_attributor(config, other_voices))
+    elif other_voices:
+        raise MediaError(f"{media}: --other-voice needs audio, and the recording has none")
     aggregator = WindowAggregator(
         config.aggregation, config.fusion, lateness=speech_analyzer.lateness if sound is not None else 0.0,
         min_pause_s=config.speech.min_pause_ms / 1000,
@@ -154,6 +180,10 @@ def analyze_media(
 
     def account(observations: list[Observation], timeline: io.TextIOBase) -> None:
         for observation in observations:
+            if observation.features.get("speaker") == OTHER:  # counted in the windows' speakers only
+                timeline.write(json.dumps(observation.to_json(), separators=(",", ":")) + "\n")
+                windows.extend(aggregator.add(observation))
+                continue
             entry = counts[observation.modality]
             entry["items"] += 1
             entry["present"] += int(observation.present)
@@ -209,6 +239,13 @@ def analyze_media(
     if speech_analyzer is not None and sound is not None:
         models.append(speech_analyzer.classifier.model)
     summary = summarize(windows, duration, counts)
+    attributing = speech_analyzer is not None and sound is not None and speech_analyzer.attributing
+    summary["speakers"].update({
+        "attributed": attributing,
+        "enrolled_voices": len(other_voices or []) if attributing else 0,
+        "other_utterances": speech_analyzer.other_utterances if attributing else 0,  # type: ignore[union-attr]
+        "note": speakers_note(summary["speakers"], attributing),
+    })
     summary.update({
         "software_version": __version__,
         "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
@@ -229,7 +266,7 @@ def analyze_media(
             "face_cpu_ms_per_frame": round(1000 * cpu["face"] / frames, 3) if frames else None,
             "speech_real_time_factor": round(cpu["speech"] / audio_seconds, 5) if audio_seconds else None,
         },
-        "models": model_metadata(models),
+        "models": model_metadata(models) + ([voice_model_metadata(config)] if attributing else []),
         "config": {"face": asdict(config.face), "speech": asdict(config.speech),
                    "aggregation": asdict(config.aggregation), "fusion": asdict(config.fusion)},
         "warnings": warnings,

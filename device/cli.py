@@ -49,7 +49,7 @@ def cmd_analyze(args: argparse.Namespace) -> int:
         update, close = _progress_bar(Path(media).name, args.quiet, unit="s")
         try:
             result = analyze_media(media, config, args.out, audio=args.audio, progress=update,
-                                   overwrite=args.force)
+                                   overwrite=args.force, other_voices=args.other_voice)
         finally:
             close()
         for warning in result.warnings:
@@ -63,6 +63,8 @@ def cmd_analyze(args: argparse.Namespace) -> int:
                 seen.append(f"{result.frames} frames, face in {summary['coverage']['face']['share']:.0%}")
             if "speech" in summary["coverage"]:
                 seen.append(f"{result.utterances} utterances, speech in {summary['coverage']['speech']['share']:.0%}")
+            if summary["speakers"].get("attributed"):
+                seen.append(f"{summary['speakers']['other_s']:.1f} s of other voices left out")
             print(f"{media}: {'; '.join(seen)}; {summary['windows_with_mood']}/{summary['windows']} windows "
                   f"with a mood, dominant {summary['dominant'] or '-'}")
             print(f"  report: {result.out_dir / 'report.html'}")
@@ -240,6 +242,9 @@ def build_parser() -> argparse.ArgumentParser:
     analyze.add_argument("--force", action="store_true", help="replace an earlier analysis in the output folder")
     analyze.add_argument("--json", action="store_true", help="print the summary as one JSON object per video")
     analyze.add_argument("--quiet", action="store_true", help="no progress bar")
+    analyze.add_argument("--other-voice", action="append", metavar="ENROLL.wav", default=[],
+                         help="a recording of someone other than the patient (10+ s of them alone); their "
+                              "speech is counted, not analysed (repeatable)")
     analyze.set_defaults(func=cmd_analyze)
 
     evaluate = sub.add_parser("eval", help="measure a model on a labelled dataset folder")
@@ -314,6 +319,9 @@ def build_parser() -> argparse.ArgumentParser:
     from device.cli_setup import add_setup_commands
 
     add_setup_commands(sub)
+    from device.cli_voice import add_voice_commands
+
+    add_voice_commands(sub)
     return parser
 
 

@@ -292,6 +292,25 @@ class GpioConfig:
 
 
 @dataclass(frozen=True)
+class VoiceConfig:
+    """Speaker attribution: utterances matching an enrolled voice (a clinician) are not the patient's (device/voice)."""
+
+    enabled: bool = _opt(True, "attribute each utterance to the patient or to an enrolled voice (when voices are "
+                               "enrolled); false = every voice is the patient's")
+    threshold: float = _opt(0.72, "cosine similarity to an enrolled voice at or above which an utterance is "
+                                  "someone else's (bench/bench_speaker.py chooses it)", min=0.0, max=1.0)
+    max_partials: int = _opt(1, "1.6 s pieces of an utterance embedded (each about 14 ms of CPU on the bench "
+                                "machine)", min=1, max=8)
+    adaptive: bool = _opt(True, "learn the patient's voice during the session and attribute each utterance to the "
+                                "closer of the two voices (device/voice/attribution.py)")
+    margin: float = _opt(0.0, "with adaptive: how much closer to an enrolled voice than to the patient an "
+                              "utterance must be to count as other", min=-0.5, max=0.5)
+    min_enroll_speech_s: float = _opt(10.0, "enrollment needs at least this much speech", min=3.0, max=120.0)
+    voiceprints_dir: str = _opt("", "folder of the enrolled voiceprints (0700, files 0600); empty = "
+                                    "state_dir/voiceprints")
+
+
+@dataclass(frozen=True)
 class Config:
     """The whole configuration; one attribute per TOML table."""
 
@@ -308,6 +327,7 @@ class Config:
     control: ControlConfig = field(default_factory=ControlConfig)
     web: WebConfig = field(default_factory=WebConfig)
     gpio: GpioConfig = field(default_factory=GpioConfig)
+    voice: VoiceConfig = field(default_factory=VoiceConfig)
 
 
 def _type_name(tp: Any) -> str:

@@ -1005,9 +1005,18 @@ def _summary_table(summary: Mapping[str, Any], windows: Sequence[Mapping[str, An
             details.append(f"{n:g} utterance" + ("" if n == 1 else "s"))
         if details:
             speech_text += f" ({' in '.join(details)})"
+        speakers = _mapping(summary.get("speakers"))
+        attributed = speakers.get("attributed") is True
         rows.append(("Share of time with speech", _esc(speech_text),
+                     "time covered by the patient's utterances (enrolled voices left out)" if attributed else
                      "time covered by the utterances the voice-activity detector found (every voice in the "
                      "room counts: speakers are not told apart)"))
+        if speakers:
+            other_text = (f"{_fmt(speakers.get('other_s'), '.1f')} s ({_pct(speakers.get('other_share'))} of the "
+                          "speech)" if attributed else "not told apart")
+            rows.append(("Speech of other voices", _esc(other_text),
+                         _plain(speakers.get("note")) or ("enrolled voices (clinicians): counted, never analysed"
+                                                          if attributed else "no voices enrolled")))
     probs = _mapping(summary.get("probs"))
     dominant = summary.get("dominant")
     modality_probs = _mapping(summary.get("modality_probs"))

@@ -38,7 +38,7 @@ BASE_ARGS = ("--variant=minbase", "--include=systemd")
 CACHE = Path(os.environ.get("AFFECTBOX_TEST_CACHE", "/var/cache/affectbox-tests"))
 # what an installer would not copy: version control, local venvs, build and tool caches, fetched models
 EXCLUDES = (".git", ".venv", ".venv-train", "build", "*.egg-info", "__pycache__", ".pytest_cache", ".ruff_cache",
-            ".hypothesis", "models/training", "models/third_party/*.tflite", "*.affectbox")
+            ".hypothesis", "models/training", "models/third_party/*.tflite", "models/third_party/*.pt", "*.affectbox")
 # The host's CA bundle is handed to pip inside the root: a network that inspects TLS with its own CA
 # (as some CI networks do) is then trusted there too; elsewhere it is the usual bundle.
 HOST_CA_BUNDLE = Path("/etc/ssl/certs/ca-certificates.crt")

@@ -34,7 +34,7 @@ from typing import Any
 
 from device.labels import LABELS
 
-SCHEMA_VERSION = 1
+SCHEMA_VERSION = 2  # 2: mood and summary carry `speakers` (patient and other speech seconds); 1 still validates
 AVAILABILITY_ONLINE = "online"
 AVAILABILITY_OFFLINE = "offline"
 KINDS = ("info", "status", "session", "mood", "summary", "command_result")
@@ -155,6 +155,16 @@ def _modalities(source: Mapping[str, Any] | None) -> dict[str, dict[str, Any]]:
     return out
 
 
+def _speakers(source: Mapping[str, Any] | None) -> dict[str, Any]:
+    """Speech seconds by speaker: counts only (never who the other voices are, never a voiceprint)."""
+    source = source or {}
+    patient_s = max(0.0, _number(source.get("patient_s"), 3) or 0.0)
+    other_s = max(0.0, _number(source.get("other_s"), 3) or 0.0)
+    total = patient_s + other_s
+    return {"attributed": source.get("attributed") is True, "patient_s": patient_s, "other_s": other_s,
+            "other_share": round(other_s / total, 4) if total > 0 else None}
+
+
 def _window_json(window: Any) -> Mapping[str, Any]:
     return window.to_json() if hasattr(window, "to_json") else window
 
@@ -233,7 +243,8 @@ def mood_payload(device_id: str, session_id: str, seq: int, window: Any, *,
 
     Carries the fused distribution, its dominant label, valence and arousal, the fusion weights,
     each modality's coverage (share of frames with a face, share of time with speech), its own
-    distribution and expressivity, and the window's prosody. Times are seconds since session start.
+    distribution and expressivity, the window's prosody (the patient's speech only), and its speech by
+    speaker (`speakers`: the patient's and other voices' seconds). Times are seconds since session start.
     """
     w = _window_json(window)
     probs = _probs(w.get("probs"))
@@ -251,6 +262,7 @@ def mood_payload(device_id: str, session_id: str, seq: int, window: Any, *,
                            if m in MODALITIES},
         "modalities": _modalities(w.get("modalities")),
         "prosody": _pick_numbers(w.get("prosody"), _WINDOW_PROSODY_KEYS),
+        "speakers": _speakers(w.get("speakers")),
     })
     return payload
 
@@ -292,6 +304,7 @@ def summary_payload(device_id: str, session_id: str, seq: int, summary: Mapping[
         "modality_probs": modality_probs,
         "coverage": coverage,
         "prosody": _pick_numbers(summary.get("prosody"), _SUMMARY_PROSODY_KEYS),
+        "speakers": _speakers(summary.get("speakers")),
         "deviation": _deviation(deviation),
         "notice": str(summary.get("notice") or ""),
     })

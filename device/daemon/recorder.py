@@ -261,11 +261,12 @@ class Recorder:
         if running is None or generation != running_generation(self.view, self.state):
             self.late_observations += 1  # from a session that has already ended
             return
-        entry = running.counts.setdefault(observation.modality, {"items": 0, "present": 0})
-        entry["items"] += 1
-        entry["present"] += int(observation.present)
-        if observation.modality == "speech":
-            entry["seconds"] = entry.get("seconds", 0.0) + float(observation.features.get("duration", 0.0))
+        if observation.features.get("speaker") != "other":  # other voices: only the windows' speakers count them
+            entry = running.counts.setdefault(observation.modality, {"items": 0, "present": 0})
+            entry["items"] += 1
+            entry["present"] += int(observation.present)
+            if observation.modality == "speech":
+                entry["seconds"] = entry.get("seconds", 0.0) + float(observation.features.get("duration", 0.0))
         if observation.present:
             running.last_presence_mono = time.monotonic()
         running.max_t = max(running.max_t, observation.t)

@@ -56,6 +56,7 @@ from device.indicator import Indicator
 from device.inference.face import FaceAnalyzer
 from device.inference.speech import SpeechAnalyzer
 from device.store import Store
+from device.voice.loading import device_attributor
 
 log = logging.getLogger(__name__)
 
@@ -222,7 +223,8 @@ class Daemon:
                                             on_beat=self.heartbeats.beat, stage="capture_audio",
                                             stale_after_s=stale)
             self.microphone_name = microphone.name
-            self.speech_worker = SpeechWorker(blocks, self.recorder, self.heartbeats, speech, self.faults, debug)
+            self.speech_worker = SpeechWorker(blocks, self.recorder, self.heartbeats, speech, self.faults, debug,
+                                              attributor_factory=lambda: device_attributor(config))
         for part in (self.face_worker, self.speech_worker, self.camera, self.microphone):
             if part is not None:
                 part.start()
@@ -409,6 +411,13 @@ class Daemon:
         result = self.recorder.stop_session(source=source, reason=reason)
         self._publish_status(force=True)
         return result
+
+    def record_voice(self, seconds: float) -> Any:
+        """Microphone audio for a voice enrollment from the status page (device/voice)."""
+        if self.speech_worker is None:
+            raise AffectboxError("this device has no microphone configured: enroll with "
+                                 "'affectbox voice enroll FILE' instead")
+        return self.speech_worker.record(seconds)
 
     def _control_request(self, request: dict[str, Any]) -> dict[str, Any]:
         command = request["command"]

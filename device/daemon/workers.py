@@ -14,11 +14,13 @@ import logging
 import math
 import threading
 import time
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from device.capture.live import BoundedLatest
+from device.errors import AffectboxError
 from device.health import Heartbeats
 from device.inference.face import FaceAnalyzer
 from device.inference.speech import SpeechAnalyzer
@@ -29,6 +31,7 @@ if TYPE_CHECKING:
     from device.daemon.debug_recording import DebugRecording
     from device.daemon.faults import Faults
     from device.daemon.recorder import Recorder
+    from device.voice.attribution import SpeakerAttributor
 
 log = logging.getLogger(__name__)
 
@@ -158,14 +161,19 @@ class SpeechWorker(_Worker):
     stage = "speech"
 
     def __init__(self, source: BoundedLatest[AudioBlock], recorder: Recorder, heartbeats: Heartbeats,
-                 template: SpeechAnalyzer, faults: Faults | None = None, debug: DebugRecording | None = None) -> None:
+                 template: SpeechAnalyzer, faults: Faults | None = None, debug: DebugRecording | None = None,
+                 attributor_factory: Callable[[], SpeakerAttributor | None] | None = None) -> None:
         super().__init__(source, recorder, heartbeats, faults, debug)
         self.template = template
+        # the enrolled voices are read again at each session start, so an enrollment counts from the next one
+        self.attributor_factory = attributor_factory
         self.analyzer: SpeechAnalyzer | None = None
         self.utterances = 0
         self._levels: collections.deque[float] = collections.deque(maxlen=33)  # about 1 s of 30-ms blocks
         self.now: dict[str, Any] = {"speech_active": None}
         self._last_watermark = 0.0
+        self._tap: list[np.ndarray] | None = None  # blocks collected for a voice enrollment
+        self._tap_lock = threading.Lock()
 
     def _switch(self, old_generation: int, generation: int, active: bool) -> None:
         if self.analyzer is not None:
@@ -180,10 +188,20 @@ class SpeechWorker(_Worker):
         # say it has nothing to flush, so that its end does not wait for this worker in vain
         for skipped in range(max(old_generation + 1, 0), generation):
             self.recorder.flushed(skipped, self.stage, [])
-        self.analyzer = SpeechAnalyzer(self.template.classifier, self.template.config) if active else None
+        self.analyzer = SpeechAnalyzer(self.template.classifier, self.template.config,
+                                       self._attributor() if active else None) if active else None
         self.now = {"speech_active": None}
         if self.debug is not None and not active:
             self.debug.close()
+
+    def _attributor(self) -> SpeakerAttributor | None:
+        if self.attributor_factory is None:
+            return None
+        try:
+            return self.attributor_factory()
+        except AffectboxError as exc:  # a missing model or an unreadable folder must not stop the session
+            log.error("speech: speaker attribution is off for this session: %s", exc)
+            return None
 
     def level_dbfs(self) -> float | None:
         """Recent microphone level (RMS, dB full scale), for status and selftest."""
@@ -193,7 +211,35 @@ class SpeechWorker(_Worker):
         power = sum(levels) / len(levels)
         return round(10 * math.log10(power), 1) if power > 0 else -120.0
 
+    def record(self, seconds: float, timeout_s: float | None = None) -> np.ndarray:
+        """int16 samples of the next `seconds` of microphone audio (a voice enrollment at the device).
+
+        Refused while a session runs: the patient would be recorded too. Nothing is written to disk.
+        """
+        if self.recorder.view.session_id is not None:
+            raise AffectboxError("a session is running: stop it before enrolling a voice")
+        wanted = int(seconds * 16000)
+        with self._tap_lock:
+            if self._tap is not None:
+                raise AffectboxError("another voice enrollment is recording now")
+            self._tap = []
+        deadline = time.monotonic() + (timeout_s if timeout_s is not None else seconds + 10.0)
+        try:
+            while sum(len(b) for b in self._tap) < wanted and time.monotonic() < deadline:
+                time.sleep(0.05)
+            got = np.concatenate(self._tap) if self._tap else np.zeros(0, np.int16)
+        finally:
+            with self._tap_lock:
+                self._tap = None
+        if len(got) < wanted // 2:
+            raise AffectboxError(f"the microphone delivered {len(got) / 16000:.1f} s of audio in "
+                                 f"{seconds:g} s: check it (affectbox selftest)")
+        return got[:wanted]
+
     def _seen(self, item: AudioBlock) -> None:
+        tap = self._tap
+        if tap is not None:
+            tap.append(item.samples.copy())
         samples = item.samples.astype(np.float32) / 32768.0
         if samples.size:
             self._levels.append(float(np.mean(samples * samples)))

@@ -44,6 +44,9 @@ from device.store import (
     StoreError,
     validate_patient_id,
 )
+from device.voice.loading import enroll_and_save, voiceprints_dir
+from device.voice.voiceprints import VoiceprintError, VoiceprintStore
+from device.voice.voiceprints import check_name as _check_voice_name
 from device.web import trend
 from device.web.control import ApplianceControl
 from device.web.security import (
@@ -65,6 +68,7 @@ SESSION_LIST_DEFAULT = 50
 SESSION_LIST_MAX = 500
 NOTICE_SHORT = "affectbox supports clinical judgment; it does not diagnose."
 PACKAGE_DIR = Path(__file__).resolve().parent
+VOICE_RECORD_SECONDS = 25  # what a clinician records once at the device (docs/PRIVACY.md)
 OPEN_ENDPOINTS = frozenset({"api_health", "login_page", "api_login", "static"})
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
@@ -512,6 +516,66 @@ def create_app(control: ApplianceControl, *, password_hash: str | None, secret_k
         stopped = control.stop_session(source="web")
         log.info("status page: session %s stopped from %s", stopped.get("session_id"), request.remote_addr)
         return jsonify(stopped)
+
+    # ---- enrolled voices (device/voice, docs/PRIVACY.md): names and dates only, never a voiceprint ----
+
+    def voice_store() -> VoiceprintStore:
+        return VoiceprintStore(voiceprints_dir(config))
+
+    def check_voice_name(name: str) -> str:
+        try:
+            return _check_voice_name(name)
+        except VoiceprintError as exc:
+            fail(400, str(exc))
+
+    @app.get("/voices")
+    def voices_page() -> str:
+        return page("voices.html", "voices", record_seconds=VOICE_RECORD_SECONDS,
+                    min_speech_s=config.voice.min_enroll_speech_s)
+
+    @app.get("/api/voices")
+    def api_voices() -> Response:
+        voices = voice_store()
+        listing = [v.listing() for v in voices.load()]
+        return jsonify(voices=listing, unreadable=len(voices.problems), attribution=config.voice.enabled)
+
+    @app.post("/api/voices")
+    def api_voice_enroll() -> tuple[Response, int]:
+        fields = body()
+        unknown = sorted(set(fields) - {"name", "seconds", "confirm", CSRF_FIELD})
+        if unknown:
+            fail(400, f"unknown field {unknown[0]!r} (known: name, seconds, confirm)")
+        name = check_voice_name(str(fields.get("name", "")))
+        if not flag(fields.get("confirm", False), "confirm"):
+            fail(400, "enrolling a voice needs confirm: true (a voiceprint is kept on this device until deleted)")
+        raw = fields.get("seconds", VOICE_RECORD_SECONDS)
+        seconds = float(raw) if isinstance(raw, int | float) and not isinstance(raw, bool) else math.nan
+        if not 10 <= seconds <= 60:
+            fail(400, f"seconds must be a number from 10 to 60 (got {json.dumps(raw)[:20]})")
+        if name in voice_store().names():
+            fail(409, f"a voice named {name!r} is already enrolled: delete it first")
+        record = getattr(control, "record_voice", None)
+        if record is None:
+            fail(503, "this appliance cannot record for an enrollment; use 'affectbox voice enroll FILE'")
+        try:
+            entry = enroll_and_save(config, name, record(seconds), what=f"{seconds:g} s from the microphone")
+        except VoiceprintError as exc:  # too little speech, several voices: the recording was unfit
+            fail(422, str(exc))
+        log.info("status page: a voice was enrolled from %s", request.remote_addr)
+        return jsonify(entry), 201
+
+    @app.post("/api/voices/<name>/delete")
+    def api_voice_delete(name: str) -> Response:
+        fields = body()
+        if sorted(set(fields) - {CSRF_FIELD}):
+            fail(400, "delete takes no fields")
+        voices = voice_store()
+        check_voice_name(name)
+        if name not in voices.names():
+            fail(404, f"no voice named {name[:64]!r} is enrolled")
+        voices.delete(name)
+        log.info("status page: a voice was deleted from %s", request.remote_addr)
+        return jsonify(deleted=name)
 
     @app.context_processor
     def labels() -> dict[str, Any]:

@@ -525,6 +525,12 @@
       ["windows with a mood", `${summary.windows_with_mood ?? DASH} of ${summary.windows ?? DASH}`],
       ["face found in", pct((coverage.face || {}).share)], ["speech in", pct((coverage.speech || {}).share)],
     ];
+    const speakers = summary.speakers;
+    if (speakers) {
+      rows.push(["speech of other voices", speakers.attributed
+        ? `${fmt(speakers.other_s, 1)} s (${pct(speakers.other_share)} of the speech), left out of the analysis`
+        : "not told apart: no voices enrolled, all speech analysed as the patient's"]);
+    }
     for (const [key, [name, unit, digits]] of Object.entries(PROSODY_NAMES)) {
       if (finite(prosody[key])) rows.push([name, `${prosody[key].toFixed(digits)} ${unit}`.trim()]);
     }

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from device import __version__
+from device.cli_args import DEFAULT_CONFIG, bounded, daemon_config
 from device.config import describe_defaults, load_config
 from device.errors import AffectboxError
 
@@ -146,16 +147,6 @@ def cmd_export(args: argparse.Namespace) -> int:
     return 0
 
 
-DEFAULT_CONFIG = "/etc/affectbox/config.toml"
-
-
-def _daemon_config(path: str | None) -> Any:
-    """The config of the daemon and its clients: the given file, else /etc/affectbox's if present."""
-    if path is None and Path(DEFAULT_CONFIG).is_file():
-        path = DEFAULT_CONFIG
-    return load_config(path)
-
-
 def cmd_run(args: argparse.Namespace) -> int:
     from device.capture.probe import check_media_path
     from device.daemon.service import run_daemon
@@ -165,7 +156,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     for path in (args.replay, args.audio):
         if path:
             check_media_path(Path(path))
-    config = _daemon_config(args.config)
+    config = daemon_config(args.config)
     if args.speed != 1.0 and not args.replay:
         raise AffectboxError("--speed is only used with --replay VIDEO")
     return run_daemon(config, replay_video=args.replay, replay_audio=args.audio, replay_loop=args.loop,
@@ -175,7 +166,7 @@ def cmd_run(args: argparse.Namespace) -> int:
 def cmd_session(args: argparse.Namespace) -> int:
     from device.daemon.control import send_request
 
-    config = _daemon_config(args.config)
+    config = daemon_config(args.config)
     socket_path = args.socket or config.control.socket
     if args.action == "start":
         request: dict[str, Any] = {"command": "start", "patient_id": args.patient, "consent": args.consent}
@@ -197,22 +188,6 @@ def cmd_session(args: argparse.Namespace) -> int:
         print(f"session {result['session_id']} {result['state']} after {result.get('duration_s', 0):.0f} s, "
               f"{result.get('windows', 0)} windows stored")
     return 0
-
-
-def bounded(convert: Callable[[str], Any], low: float, high: float, what: str, unit: str = ""
-            ) -> Callable[[str], Any]:
-    """An argparse type: `convert` the text, then require low <= value <= high (one-line errors)."""
-
-    def parse(text: str) -> Any:
-        try:
-            value = convert(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f"not {what}: {text!r}") from None
-        if not low <= value <= high:
-            raise argparse.ArgumentTypeError(f"must be between {low:g} and {high:g}{unit} (got {text})")
-        return value
-
-    return parse
 
 
 _minutes = bounded(float, 0.05, 720, "a number of minutes", " minutes")

@@ -13,7 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from device.cli import bounded
+from device.cli_args import bounded
 from device.config import DEFAULT_CONFIG_PATH, load_config
 from device.errors import AffectboxError
 

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from device.cli_args import DEFAULT_CONFIG, bounded, daemon_config
 from device.errors import AffectboxError
 
 CONFIRMATION = ("A voiceprint of {name} (a speaker embedding: biometric data) will be kept on this device, "
@@ -21,9 +22,7 @@ CONFIRMATION = ("A voiceprint of {name} (a speaker embedding: biometric data) wi
 
 
 def _config(args: argparse.Namespace) -> Any:
-    from device.cli import _daemon_config
-
-    return _daemon_config(args.config)
+    return daemon_config(args.config)
 
 
 def _confirm(name: str, assume_yes: bool) -> None:
@@ -106,8 +105,6 @@ def cmd_voice(args: argparse.Namespace) -> int:
 
 
 def add_voice_commands(sub: Any) -> None:
-    from device.cli import DEFAULT_CONFIG, bounded
-
     voice = sub.add_parser("voice", help="enroll, list or delete the voices (clinicians) whose speech is not the "
                                          "patient's")
     actions = voice.add_subparsers(dest="action", required=True, metavar="ACTION")

@@ -25,8 +25,6 @@ KNOWN_CYCLES: set[frozenset[str]] = {
     # the store recomputes summaries (store -> aggregate), aggregation reads its config types
     # (aggregate -> config), and the config checks patient ids with the store's helper
     frozenset({"device.aggregate", "device.config", "device.fusion", "device.store"}),
-    # the installer's subcommands import the CLI's helpers, and the CLI registers them
-    frozenset({"device.cli", "device.cli_setup"}),
 }
 
 # What the device-to-hub contract may import from the project: the hub imports it unchanged, so

@@ -29,7 +29,7 @@ STAMP_FILE="$VENV_DIR/.affectbox-setup-stamp"
 # Bump when the install steps change in a way that existing venvs must be redone for.
 readonly STAMP_FORMAT=1
 # The files whose content decides what pip installs; any change to one of them reruns pip.
-STAMP_INPUTS=(requirements/runtime.txt requirements/dev.txt pyproject.toml)
+STAMP_INPUTS=(requirements/runtime.txt requirements/dev.txt requirements/hub.txt pyproject.toml)
 # Interpreters tried, in this order, when .venv has to be created (the Pi mode uses the system's
 # python3 only: apt's python3-picamera2 is built for it).
 PYTHON_CANDIDATES=(python3.11 python3.13 python3.12 python3)
@@ -38,7 +38,8 @@ PYTHON_CANDIDATES=(python3.11 python3.13 python3.12 python3)
 # mosquitto, mosquitto-clients and openssl: the hub-link tests run a real broker with TLS (tests/test_hub.py)
 # debootstrap: tests/test_debootstrap.py installs the appliance into a clean Debian root
 # chromium: tests/test_web_browser.py drives Debian's headless Chromium with Playwright (which never downloads one)
-DEV_APT_PACKAGES=(python3 python3-venv espeak-ng sox mosquitto mosquitto-clients openssl debootstrap chromium libportaudio2)
+# postgresql: the hub tests start a real PostgreSQL server (initdb in a temporary folder, tests/hub_support.py)
+DEV_APT_PACKAGES=(python3 python3-venv espeak-ng sox mosquitto mosquitto-clients openssl debootstrap chromium libportaudio2 postgresql)
 
 # The appliance (Raspberry Pi OS, or Debian for tests). python3-picamera2 comes from Raspberry Pi
 # OS's own archive and is installed where apt knows it (PI_OPTIONAL_APT_PACKAGES).

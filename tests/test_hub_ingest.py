@@ -1,0 +1,168 @@
+"""The hub's intake and writer without a network: config errors, bad input, duplicates, admission.
+
+Payloads come from the contract's builders (tests.hub_support.SimDevice), the database is a real
+SQLite file migrated by Alembic; every verdict is checked by what the tables hold.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from sqlalchemy import select
+
+from device.contract import payloads
+from device.errors import ConfigError
+from hub import schema
+from hub.admission import approve, revoke
+from hub.config import config_from_dict, load_config
+from hub.db import make_engine, upgrade
+from hub.derive import rebuild
+from hub.intake import Accepted, Rejected, accepted_versions, classify
+from hub.migrate import digest
+from hub.writer import Delivery, Writer
+from tests.daemon_harness import ROOT
+from tests.hub_support import SimDevice
+
+ROOT_TOPIC = "affectbox"
+
+
+def events_of(windows: int = 3, device_id: str = "sim-1") -> tuple[str, list[tuple[str, dict]]]:
+    sim = SimDevice.__new__(SimDevice)  # only the builders: no connection
+    sim.device_id, sim.seq, sim.topic = device_id, {}, f"affectbox/{device_id}"
+    return sim.session_events(windows)
+
+
+def setup_hub(tmp_path: Path, **admission: object):
+    raw = {"database": {"url": f"sqlite:///{tmp_path / 'hub.db'}"}, "admission": {"require_approval": False}}
+    raw["admission"].update(admission)
+    config = config_from_dict(raw)
+    engine = make_engine(config.database)
+    upgrade(engine)
+    return config, engine, Writer(engine, config)
+
+
+def deliveries(events: list[tuple[str, dict]]) -> list[Delivery]:
+    return [Delivery(topic, payloads.encode(p)) for topic, p in events]
+
+
+# ---- config ---------------------------------------------------------------------------------------
+
+def test_config_errors_name_every_bad_key(tmp_path: Path):
+    path = tmp_path / "hub.toml"
+    path.write_text('[mqtt]\nport = 70000\nbogus = 1\nshare_group = "a/b"\n[database]\n'
+                    'url = "postgresql://hub:secret@db/x"\n[nope]\n')
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    message = str(err.value)
+    assert "\n" not in message
+    for key in ("mqtt.port", "mqtt.bogus", "mqtt.share_group", "database.url", "nope"):
+        assert key in message, message
+    assert "secret" not in message
+    result = subprocess.run([sys.executable, "-m", "hub", "validate-config", "--config", str(path)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 2 and result.stderr.count("\n") == 1
+    assert result.stderr.startswith("affectbox-hub: error: ") and "mqtt.port" in result.stderr
+
+
+# ---- intake ---------------------------------------------------------------------------------------
+
+def test_every_builder_payload_is_accepted():
+    _, events = events_of(2)
+    for topic, payload in events:
+        verdict = classify(ROOT_TOPIC, topic, payloads.encode(payload), 65536)
+        assert isinstance(verdict, Accepted), verdict
+    assert payloads.SCHEMA_VERSION in accepted_versions("mood")
+
+
+@pytest.mark.parametrize(("mutate", "code"), [
+    (lambda p: p.update(seq="7"), "invalid"),                       # wrong type
+    (lambda p: p.update(valence=True), "invalid"),
+    (lambda p: p.update(window_index=-1), "invalid"),
+    (lambda p: p.update(probs={"happy": 1.0}), "invalid"),
+    (lambda p: p.update(schema=99), "schema_version"),              # unknown version
+    (lambda p: p.update(schema=True), "schema_version"),
+    (lambda p: p.pop("event_id"), "invalid"),
+    (lambda p: p.update(event_id="not-a-uuid"), "invalid"),
+    (lambda p: p.update(kind="summary"), "wrong_kind"),
+    (lambda p: p.update(device_id="pi-room-9"), "wrong_device"),    # publishing under another id
+    (lambda p: p.update(extra="x"), "invalid"),
+])
+def test_bad_payloads_are_rejected_with_a_reason(mutate, code):
+    _, events = events_of(1)
+    topic, payload = events[1]
+    assert topic.endswith("/mood")
+    mutate(payload)
+    verdict = classify(ROOT_TOPIC, topic, json.dumps(payload).encode(), 65536)
+    assert isinstance(verdict, Rejected) and verdict.code == code, verdict
+    assert verdict.reason and "\n" not in verdict.reason
+
+
+@pytest.mark.parametrize(("topic", "data", "code"), [
+    ("affectbox/sim-1/mood", b"\xff\xfe", "malformed"),
+    ("affectbox/sim-1/mood", b"[1, 2]", "malformed"),
+    ("affectbox/sim-1/mood", b'{"schema": NaN}', "malformed"),
+    ("affectbox/sim-1/mood", b"{" * 5000, "malformed"),
+    ("affectbox/sim-1/mood", b'{"a":' * 20 + b"1" + b"}" * 20, "malformed"),
+    ("affectbox/sim-1/mood", b"x" * 70000, "too_large"),
+    ("affectbox/sim-1/availability", b"maybe", "malformed"),
+    ("affectbox/bad id!/mood", b"{}", "topic"),
+    ("affectbox/sim-1/weather", b"{}", "topic"),
+])
+def test_malformed_messages_are_rejected(topic, data, code):
+    verdict = classify(ROOT_TOPIC, topic, data, 65536)
+    assert isinstance(verdict, Rejected) and verdict.code == code, verdict
+
+
+# ---- the writer -----------------------------------------------------------------------------------
+
+def test_duplicates_reordering_and_seq_conflicts(tmp_path: Path):
+    _config, engine, writer = setup_hub(tmp_path)
+    sid, events = events_of(20)
+    shuffled = list(reversed(events)) + events[5:9]  # reordered, then duplicates
+    totals = writer.store(deliveries(shuffled))
+    assert totals.counts["stored"] == len(events) and totals.counts["duplicate"] == 4
+    # the same seq under another event id is a device bug: rejected, the held event kept
+    topic, mood = events[3]
+    bad = dict(mood, event_id="00000000-0000-4000-8000-000000000001")
+    assert writer.store(deliveries([(topic, bad)])).counts["rejected:seq_conflict"] == 1
+    with engine.connect() as conn:
+        rows = conn.execute(select(schema.windows.c.window_index, schema.windows.c.event_id)
+                            .where(schema.windows.c.session_id == sid)
+                            .order_by(schema.windows.c.window_index)).all()
+        session = conn.execute(select(schema.sessions)).mappings().one()
+        summary = conn.execute(select(schema.summaries)).mappings().one()
+    assert [r[0] for r in rows] == list(range(20))
+    assert [r[1] for r in rows] == [p["event_id"] for _, p in events if p["kind"] == "mood"]
+    assert session["end_event"] == "ended" and session["windows_reported"] == 20 and session["patient_id"] == "P-1"
+    assert session["started_received_at"] and session["started_ts"]
+    assert summary["windows"] == 20
+    # the typed tables are exactly what the raw events re-derive to
+    before = {t.name: digest(engine, t) for t in schema.DERIVED}
+    with engine.begin() as conn:
+        assert rebuild(conn) == len(events)
+    assert {t.name: digest(engine, t) for t in schema.DERIVED} == before
+
+
+def test_unapproved_device_is_held_until_approved_then_revoked(tmp_path: Path):
+    acl = tmp_path / "acl"
+    config, engine, writer = setup_hub(tmp_path, require_approval=True, acl_file=str(acl))
+    _sid, events = events_of(5, device_id="pi-room-3")
+    totals = writer.store(deliveries(events))
+    assert totals.counts["rejected:unapproved"] == len(events)
+    with engine.connect() as conn:
+        assert conn.execute(select(schema.devices.c.admission)).scalar() == "pending"
+        assert conn.execute(select(schema.windows)).first() is None
+    replayed = approve(engine, config, "pi-room-3")
+    assert replayed.counts["stored"] == len(events)
+    assert "user pi-room-3\ntopic readwrite affectbox/pi-room-3/#" in acl.read_text()
+    assert approve(engine, config, "pi-room-3").counts["stored"] == 0  # nothing replayed twice
+    revoke(engine, config, "pi-room-3")
+    assert "pi-room-3" not in acl.read_text()
+    _, later = events_of(2, device_id="pi-room-3")
+    assert writer.store(deliveries(later[:1])).counts["rejected:revoked"] == 1
+    with engine.connect() as conn:
+        assert len(conn.execute(select(schema.windows)).all()) == 5

@@ -118,8 +118,10 @@ class Writer:
                "kind": verdict.kind, "seq": p["seq"], "schema_version": p["schema"], "ts": p["ts"],
                "received_at": delivery.received_at, "topic": delivery.topic,
                "payload": delivery.payload.decode("utf-8")}
-        inserted = conn.execute(insert_ignoring_conflicts(conn, schema.events_raw).values(**row)).rowcount
-        if inserted == 1:
+        # RETURNING rather than rowcount: drivers disagree on rowcount for ON CONFLICT DO NOTHING
+        inserted = conn.execute(insert_ignoring_conflicts(conn, schema.events_raw).values(**row).returning(
+            schema.events_raw.c.event_id)).first()
+        if inserted is not None:
             derive(conn, row)
             return "stored"
         held = conn.execute(select(schema.events_raw.c.event_id).where(

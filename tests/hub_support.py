@@ -106,7 +106,8 @@ class Postgres:
 
 
 def hub_config(folder: Path, port: int, database_url: str, *, client_id: str = "affectbox-hub-test",
-               extra: str = "", approval: bool = False, share_group: str = "") -> Path:
+               extra: str = "", approval: bool = False, share_group: str = "",
+               completeness: str = "enabled = false\n") -> Path:
     """A hub config for a plain-MQTT broker on 127.0.0.1:port."""
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"hub-{client_id}.toml"
@@ -128,7 +129,7 @@ retry_max_s = 1
 [admission]
 require_approval = {str(approval).lower()}
 [completeness]
-enabled = false
+{completeness}
 [service]
 status_every_s = 1
 log_level = "info"
@@ -203,13 +204,15 @@ def window_json(index: int, seconds: float = 10.0, rng: random.Random | None = N
 class SimDevice:
     """A device's outbox in miniature: builds a session's events with the contract and publishes them."""
 
-    def __init__(self, port: int, device_id: str = "sim-1") -> None:
+    def __init__(self, port: int, device_id: str = "sim-1", auth: tuple[str, str] | None = None) -> None:
         self.device_id = device_id
         self.seq: dict[str | None, int] = {}
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
                                   client_id=f"affectbox-{device_id}", protocol=MQTTProtocolVersion.MQTTv5)
         self.client.max_inflight_messages_set(100)
         self.client.max_queued_messages_set(0)
+        if auth:
+            self.client.username_pw_set(*auth)
         self.client.connect(HOST, port, keepalive=30)
         self.client.loop_start()
         self.topic = f"affectbox/{device_id}"
@@ -283,5 +286,15 @@ def count(url: str, table: str, where: str = "") -> int:
     try:
         with engine.connect() as conn:
             return int(conn.execute(text(f"SELECT count(*) FROM {table} {where}")).scalar())
+    finally:
+        engine.dispose()
+
+
+def rejected_rows(url: str) -> list[tuple[str, str, str]]:
+    """(topic, code, reason) of every rejected message."""
+    engine = create_engine(url)
+    try:
+        with engine.connect() as conn:
+            return [tuple(r) for r in conn.execute(text("SELECT topic, code, reason FROM rejected ORDER BY id"))]
     finally:
         engine.dispose()

@@ -166,3 +166,22 @@ def test_unapproved_device_is_held_until_approved_then_revoked(tmp_path: Path):
     assert writer.store(deliveries(later[:1])).counts["rejected:revoked"] == 1
     with engine.connect() as conn:
         assert len(conn.execute(select(schema.windows)).all()) == 5
+
+
+# ---- the device's side of cmd/resend ------------------------------------------------------------------
+
+def test_resend_requests_are_validated_on_the_device():
+    from device.uplink.client import HUB_COMMANDS, parse_command
+
+    ok = parse_command("resend", b'{"request_id":"r-1","session_id":"s-1","from_window":3,"to_window":9}',
+                       HUB_COMMANDS)
+    assert ok.ok and ok.args == {"session_id": "s-1", "from_window": 3, "to_window": 9, "session_events": False}
+    for body in (b'{"request_id":"r","session_id":"a/b","from_window":0,"to_window":1}',
+                 b'{"request_id":"r","session_id":"s","from_window":-1,"to_window":1}',
+                 b'{"request_id":"r","session_id":"s","from_window":5,"to_window":4}',
+                 b'{"request_id":"r","session_id":"s","from_window":0,"to_window":100000}',
+                 b'{"request_id":"r","session_id":"s","from_window":true,"to_window":1}',
+                 b'{"request_id":"r","session_id":"s","from_window":0,"to_window":1,"session_events":"yes"}',
+                 b'{"request_id":"r","session_id":"s","from_window":0}'):
+        parsed = parse_command("resend", body, HUB_COMMANDS)
+        assert not parsed.ok and parsed.error_code == "invalid", body

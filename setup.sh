@@ -66,6 +66,7 @@ usage() {
 Usage: ./setup.sh --dev
        ./setup.sh                       (as root: the appliance on Raspberry Pi OS or Debian)
        ./setup.sh --uninstall [--purge]
+       ./setup.sh --hub                 (as root: the clinic hub on Debian; hub/deploy/setup_hub.sh)
 
   --dev       Development machine or CI (Debian 12/13, as root or with sudo):
                 - installs missing Debian packages (${DEV_APT_PACKAGES[*]}) with apt-get,
@@ -93,6 +94,10 @@ Usage: ./setup.sh --dev
   --uninstall Stop and remove the service, the install prefix, $ETC_DIR (config and
               secrets) and the system user; keep the local record in $STATE_DIR.
   --purge     With --uninstall: remove the local record ($STATE_DIR) too.
+  --hub       The clinic hub (Debian 12/13 or a Pi 5; as root): Debian's Mosquitto with TLS (a clinic
+              CA made here), persistence, per-device ACLs and queue limits sized for an 8-hour outage
+              of 50 devices; the collector in /opt/affectbox-hub with the [hub] pins only; its
+              config and affectbox-hub.service. See docs/HUB.md.
   -h, --help  Show this help.
 
 Then run the tests with: .venv/bin/python -m pytest
@@ -652,6 +657,10 @@ main() {
             mode=$1
             ;;
         --purge) purge=1 ;;
+        --hub)
+            (($# == 1)) && [[ -z $mode ]] || die "--hub takes no other option"
+            exec "$REPO_DIR/hub/deploy/setup_hub.sh"
+            ;;
         -h | --help)
             usage
             return 0

@@ -204,7 +204,8 @@ def window_json(index: int, seconds: float = 10.0, rng: random.Random | None = N
 class SimDevice:
     """A device's outbox in miniature: builds a session's events with the contract and publishes them."""
 
-    def __init__(self, port: int, device_id: str = "sim-1", auth: tuple[str, str] | None = None) -> None:
+    def __init__(self, port: int, device_id: str = "sim-1", auth: tuple[str, str] | None = None,
+                 tls: dict[str, str] | None = None) -> None:
         self.device_id = device_id
         self.seq: dict[str | None, int] = {}
         self.client = mqtt.Client(callback_api_version=CallbackAPIVersion.VERSION2,
@@ -213,6 +214,8 @@ class SimDevice:
         self.client.max_queued_messages_set(0)
         if auth:
             self.client.username_pw_set(*auth)
+        if tls:
+            self.client.tls_set(ca_certs=tls["ca"], certfile=tls.get("cert"), keyfile=tls.get("key"))
         self.client.connect(HOST, port, keepalive=30)
         self.client.loop_start()
         self.topic = f"affectbox/{device_id}"

@@ -148,7 +148,7 @@ class Checker:
                     log.warning("session %s of %s: incomplete after %d resend requests", session_id, device_id,
                                 len(requests))
                     continue
-                if self._ask(conn, state):
+                if self._ask(conn, state, now):
                     sent += 1
         return sent
 
@@ -158,7 +158,7 @@ class Checker:
             schema.status_history.c.received_at.desc(), schema.status_history.c.seq.desc()).limit(1)).scalar()
         return active == session_id
 
-    def _ask(self, conn: Connection, state: SessionState) -> bool:
+    def _ask(self, conn: Connection, state: SessionState, now: datetime) -> bool:
         first = state.missing_windows[0] if state.missing_windows else 0
         last = state.missing_windows[-1] if state.missing_windows else 0
         last = min(last, first + MAX_RESEND_WINDOWS - 1)
@@ -171,7 +171,7 @@ class Checker:
             return False
         conn.execute(schema.resend_requests.insert().values(
             request_id=request_id, device_id=state.device_id, session_id=state.session_id, from_window=first,
-            to_window=last, session_events=session_events, sent_at=utc_timestamp()))
+            to_window=last, session_events=session_events, sent_at=utc_timestamp(now)))
         log.info("asked %s to resend session %s windows %d-%d%s (%d missing)", state.device_id, state.session_id,
                  first, last, " and its events" if session_events else "", len(state.missing_windows))
         return True

@@ -199,3 +199,24 @@ def test_broker_acl_refuses_a_device_publishing_under_another_id(tmp_path: Path,
     bad = cli("device", "approve", "bad/id")
     assert bad.returncode == 2 and bad.stderr.startswith("affectbox-hub: error: ") and bad.stderr.count("\n") == 1
     assert hub.terminate() == 0
+
+
+def test_mqtt311_collector_keeps_its_session_across_a_kill(tmp_path: Path, parts):
+    """MQTT 3.1.1 (clean session off): what is published while the collector is dead arrives after its restart."""
+    broker = broker_for(parts, tmp_path)
+    url = f"sqlite:///{tmp_path / 'hub.db'}"
+    config = hub_config(tmp_path, broker.port, url)
+    config.write_text(config.read_text().replace("[mqtt]\n", '[mqtt]\nprotocol = "mqtt311"\n'))
+    hub = start(parts, HubProcess(tmp_path, config)).wait_ready().wait_connected()
+    sim = start(parts, SimDevice(broker.port))
+    _, first = sim.session_events(10)
+    sim.publish(first)
+    assert wait_until(lambda: len(hub_windows(url)) == 10, 20), hub.log()
+    hub.kill()
+    parts.remove(hub)
+    _, second = sim.session_events(25)
+    sim.publish(second)
+    hub = start(parts, HubProcess(tmp_path, config)).wait_ready().wait_connected()
+    assert wait_until(lambda: hub_windows(url) == sent_windows(first + second), 30), hub.log()
+    assert "session present: True" in hub.log()
+    assert hub.terminate() == 0

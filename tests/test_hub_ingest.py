@@ -185,3 +185,42 @@ def test_resend_requests_are_validated_on_the_device():
                  b'{"request_id":"r","session_id":"s","from_window":0}'):
         parsed = parse_command("resend", body, HUB_COMMANDS)
         assert not parsed.ok and parsed.error_code == "invalid", body
+
+
+# ---- completeness ------------------------------------------------------------------------------------
+
+def test_completeness_asks_for_missing_windows_and_gives_up_when_gone(tmp_path: Path):
+    from datetime import UTC, datetime, timedelta
+
+    from hub.completeness import Checker, report
+
+    config, engine, writer = setup_hub(tmp_path)
+    sid, events = events_of(10)
+    lost = {3, 4, 7}
+    kept = [(t, p) for t, p in events if not (p["kind"] == "mood" and p["window_index"] in lost)]
+    writer.store(deliveries(kept))
+    (state,) = report(engine)
+    assert state["missing_windows"] == [3, 4, 7] and not state["complete"]
+    assert state["seq_gaps"] == [[4, 5], [8, 8]]
+    sent: list[tuple[str, dict]] = []
+    checker = Checker(config, engine, lambda topic, data: sent.append((topic, json.loads(data))) or True)
+    later = datetime.now(UTC) + timedelta(hours=1)
+    assert checker.run_once(later) == 1
+    topic, body = sent[0]
+    assert topic == "affectbox/sim-1/cmd/resend"
+    assert (body["session_id"], body["from_window"], body["to_window"], body["session_events"]) == (sid, 3, 7, False)
+    assert checker.run_once(later) == 0  # the request is still taking effect
+    # the device answers that it no longer holds the session: the hub stops asking
+    answer = payloads.command_result_payload("sim-1", 99, "resend", body["request_id"],
+                                             result={"session_id": sid, "held": False, "queued": 0})
+    writer.store(deliveries([("affectbox/sim-1/cmd/resend/result", answer)]))
+    assert checker.run_once(later + timedelta(hours=1)) == 0
+    (state,) = report(engine)
+    assert state["given_up"] and "no longer holds" in state["given_up"]
+    # a resent window completes a session: it is marked complete
+    sid2, events2 = events_of(4, device_id="sim-2")
+    writer.store(deliveries([e for e in events2 if e[1].get("window_index") != 2]))
+    writer.store(deliveries([e for e in events2 if e[1].get("window_index") == 2]))
+    checker.run_once(later + timedelta(hours=2))
+    states = {s["session_id"]: s for s in report(engine)}
+    assert states[sid2]["complete"] and states[sid2]["missing_windows"] == []

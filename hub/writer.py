@@ -18,10 +18,12 @@ the same batch, which is safe because every step is idempotent.
 
 from __future__ import annotations
 
+import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
 from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy.exc import SQLAlchemyError
 
 from device.contract.payloads import utc_timestamp
 from hub import schema
@@ -29,6 +31,8 @@ from hub.config import HubConfig
 from hub.db import insert_ignoring_conflicts
 from hub.derive import derive
 from hub.intake import Accepted, Availability, Ignored, Rejected, classify
+
+log = logging.getLogger("affectbox.hub.writer")
 
 
 @dataclass
@@ -61,17 +65,40 @@ class Writer:
         self.require_approval = config.admission.require_approval
 
     def store(self, batch: list[Delivery]) -> Totals:
-        """Store the batch in one transaction (raises on a database error: nothing was stored)."""
-        with self.engine.begin() as conn:
-            return self.store_in(conn, batch)
+        """Store the batch in one transaction (raises on a database error: nothing was stored).
 
-    def store_in(self, conn: Connection, batch: list[Delivery]) -> Totals:
+        A failure that is not the database's (a bug meeting an unforeseen payload) must not turn
+        the message into a poison that crashes every restart: the batch is stored again with a
+        savepoint per message, and the one that fails goes to `rejected` (`internal`).
+        """
+        try:
+            with self.engine.begin() as conn:
+                return self.store_in(conn, batch)
+        except SQLAlchemyError:
+            raise
+        except Exception:
+            log.exception("a message of this batch could not be stored; storing them one by one")
+        with self.engine.begin() as conn:
+            return self.store_in(conn, batch, guarded=True)
+
+    def store_in(self, conn: Connection, batch: list[Delivery], guarded: bool = False) -> Totals:
         totals = Totals()
         verdicts = [classify(self.root, d.topic, d.payload, self.max_bytes) for d in batch]
         admission = self._devices(conn, {v.device_id for v in verdicts if getattr(v, "device_id", None)},
                                   batch[-1].received_at if batch else utc_timestamp())
         for delivery, verdict in zip(batch, verdicts, strict=True):
-            totals.counts[self._one(conn, delivery, verdict, admission)] += 1
+            if not guarded:
+                totals.counts[self._one(conn, delivery, verdict, admission)] += 1
+                continue
+            try:
+                with conn.begin_nested():
+                    outcome = self._one(conn, delivery, verdict, admission)
+            except SQLAlchemyError:
+                raise
+            except Exception as exc:
+                outcome = self._reject(conn, delivery, "internal", f"the hub failed to store it ({type(exc).__name__}: "
+                                       f"{' '.join(str(exc).split())[:200]})", getattr(verdict, "device_id", None))
+            totals.counts[outcome] += 1
         return totals
 
     def _devices(self, conn: Connection, device_ids: set[str], now: str) -> dict[str, str]:

@@ -224,3 +224,27 @@ def test_completeness_asks_for_missing_windows_and_gives_up_when_gone(tmp_path: 
     checker.run_once(later + timedelta(hours=2))
     states = {s["session_id"]: s for s in report(engine)}
     assert states[sid2]["complete"] and states[sid2]["missing_windows"] == []
+
+
+def test_a_message_the_hub_fails_on_is_rejected_not_a_crash_loop(tmp_path: Path, monkeypatch):
+    """A bug meeting one payload: the rest of the batch is stored, that one is rejected (`internal`)."""
+    import hub.writer
+
+    _config, engine, writer = setup_hub(tmp_path)
+    _, events = events_of(6)
+    poisoned = events[3][1]["event_id"]
+    real = hub.writer.derive
+
+    def derive(conn, row):
+        if row["event_id"] == poisoned:
+            raise KeyError("an unforeseen field")
+        real(conn, row)
+
+    monkeypatch.setattr(hub.writer, "derive", derive)
+    totals = writer.store(deliveries(events))
+    assert totals.counts["stored"] == len(events) - 1 and totals.counts["rejected:internal"] == 1
+    with engine.connect() as conn:
+        held = set(conn.execute(select(schema.events_raw.c.event_id)).scalars())
+        (reason,) = conn.execute(select(schema.rejected.c.reason)).scalars()
+    assert poisoned not in held and len(held) == len(events) - 1  # its raw row went with its savepoint
+    assert "KeyError" in reason

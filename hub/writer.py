@@ -111,11 +111,15 @@ class Writer:
                 device_id=device_id, admission=initial, first_seen=now, last_seen=now,
                 approved_at=None if self.require_approval else now))
         d = schema.devices.c
-        rows = conn.execute(select(d.device_id, d.admission).where(d.device_id.in_(sorted(device_ids)))
-                            .with_for_update()).all()
-        conn.execute(update(schema.devices).where(d.device_id.in_(sorted(device_ids)), d.last_seen < now)
-                     .values(last_seen=now))
-        return {device_id: state for device_id, state in rows}
+        # FOR SHARE (PostgreSQL): an approval's UPDATE waits for this batch, so it replays what the batch
+        # held back; collectors sharing a subscription do not block each other on it
+        rows = conn.execute(select(d.device_id, d.admission, d.last_seen).where(d.device_id.in_(sorted(device_ids)))
+                            .with_for_update(read=True)).all()
+        # last_seen to the minute: a row write per batch would serialise collectors on the device rows
+        stale = sorted(device_id for device_id, _, seen in rows if seen[:16] < now[:16])
+        if stale:
+            conn.execute(update(schema.devices).where(d.device_id.in_(stale), d.last_seen < now).values(last_seen=now))
+        return {device_id: state for device_id, state, _ in rows}
 
     def _reject(self, conn: Connection, delivery: Delivery, code: str, reason: str, device_id: str | None,
                 keep_payload: bool = True) -> str:

@@ -158,6 +158,14 @@ def test_poison_messages_do_not_stall_the_stream(tmp_path: Path, parts):
     assert codes == ["invalid", "malformed", "schema_version", "too_large", "wrong_device"], codes
     assert count(url, "events_raw") == len(events)
     assert hub.terminate() == 0
+    listed = subprocess.run([sys.executable, "-m", "hub", "rejected", "--json", "--config", str(config)], cwd=ROOT,
+                            capture_output=True, text=True, timeout=60)
+    assert listed.returncode == 0, listed.stderr
+    assert sorted({r["code"] for r in json.loads(listed.stdout)}) == codes
+    sessions = subprocess.run([sys.executable, "-m", "hub", "sessions", "--json", "--config", str(config)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+    (session,) = json.loads(sessions.stdout)
+    assert session["windows_held"] == 30 and session["missing_windows"] == [] and session["seq_gaps"] == []
 
 
 def test_broker_acl_refuses_a_device_publishing_under_another_id(tmp_path: Path, parts):
@@ -193,6 +201,9 @@ def test_broker_acl_refuses_a_device_publishing_under_another_id(tmp_path: Path,
     b.publish(mine)
     assert wait_until(lambda: len(hub_windows(url)) == 5, 20), hub.log()
     assert {w[2] for w in hub_windows(url)} == {p["event_id"] for _, p in own + mine if p["kind"] == "mood"}
+    listed = json.loads(cli("device", "list", "--json").stdout)
+    assert {(d["device_id"], d["admission"], d["credential"]) for d in listed} == {
+        ("pi-a", "approved", "password"), ("pi-b", "approved", "password"), ("affectbox-hub", "approved", "password")}
     revoked = cli("device", "revoke", "pi-b")
     assert revoked.returncode == 0, revoked.stderr
     assert "pi-b" not in acl.read_text() and "pi-b:" not in passwd.read_text()

@@ -18,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from device.provision import check_certificate_matches_key, make_client_key, make_csr
 from tests.daemon_harness import ROOT
 from tests.hub_support import HubProcess, SimDevice, hub_windows
 from tests.mqtt_support import MOSQUITTO, free_port, needs_broker, wait_until
@@ -145,12 +146,12 @@ enabled = false
         keys = {}
         for device in ("pi-x", "pi-y"):
             key, csr = tmp_path / f"{device}.key", tmp_path / f"{device}.csr"
-            subprocess.run(["openssl", "req", "-new", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
-                            "-nodes", "-keyout", str(key), "-subj", f"/CN={device}", "-out", str(csr)],
-                           check=True, capture_output=True, timeout=60)
+            make_client_key(key)  # what `affectbox provision --make-csr` does on the device
+            make_csr(key, csr, device, site="room-3")
             result = subprocess.run([sys.executable, "-m", "hub", "device", "approve", device, "--csr", str(csr),
                                      "--config", str(config)], cwd=ROOT, capture_output=True, text=True, timeout=60)
             assert result.returncode == 0, result.stderr
+            check_certificate_matches_key(csr.with_suffix(".crt"), key)
             keys[device] = {"ca": f"{etc}/ca/ca.crt", "cert": str(csr.with_suffix(".crt")), "key": str(key)}
         # a CSR whose name is not the device id is refused
         wrong = subprocess.run([sys.executable, "-m", "hub", "device", "approve", "pi-z", "--csr",

@@ -33,10 +33,14 @@ def _config(args: argparse.Namespace) -> HubConfig:
     return load_config(path)
 
 
+_ENGINES: list[Any] = []
+
+
 def _engine(config: HubConfig) -> Any:
     from hub.db import make_engine, upgrade
 
     engine = make_engine(config.database)
+    _ENGINES.append(engine)
     upgrade(engine)
     return engine
 
@@ -236,3 +240,9 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     except KeyboardInterrupt:
         return 130
+    finally:
+        from hub.db import give_back_sqlite_files
+
+        for engine in _ENGINES:
+            engine.dispose()
+            give_back_sqlite_files(engine)

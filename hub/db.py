@@ -9,7 +9,9 @@ start together.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+import os
 from importlib import resources
 from pathlib import Path
 from typing import Any
@@ -76,6 +78,24 @@ def make_engine(config: DatabaseConfig | str) -> Engine:
         return create_engine(url, pool_pre_ping=True, pool_size=2, max_overflow=2,
                              connect_args={"connect_timeout": 10})
     raise DatabaseError(f"database.url: unsupported database {url.get_backend_name()!r} (sqlite or postgresql)")
+
+
+def give_back_sqlite_files(engine: Engine) -> None:
+    """Run as root (an administrator's `affectbox-hub device approve`), hand the SQLite files back
+    to the owner of their folder (the service's user), so a file root created stays writable by it."""
+    if os.geteuid() != 0 or engine.url.get_backend_name() != "sqlite" or not engine.url.database:
+        return
+    database = Path(engine.url.database)
+    try:
+        owner = database.parent.stat()
+    except OSError:
+        return
+    if owner.st_uid == 0:
+        return
+    for path in (database, Path(f"{database}-wal"), Path(f"{database}-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            if path.stat().st_uid != owner.st_uid:
+                os.chown(path, owner.st_uid, owner.st_gid)
 
 
 def _alembic_config(connection: Connection) -> AlembicConfig:

@@ -7,6 +7,7 @@ SQLite file migrated by Alembic; every verdict is checked by what the tables hol
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -248,3 +249,18 @@ def test_a_message_the_hub_fails_on_is_rejected_not_a_crash_loop(tmp_path: Path,
         (reason,) = conn.execute(select(schema.rejected.c.reason)).scalars()
     assert poisoned not in held and len(held) == len(events) - 1  # its raw row went with its savepoint
     assert "KeyError" in reason
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root (the administrator's case)")
+def test_root_cli_leaves_the_database_to_the_service_user(tmp_path: Path):
+    """`affectbox-hub device approve` as root creates the SQLite file in the service's folder: it is
+    handed back to that folder's owner, so the service can still write it."""
+    folder = tmp_path / "state"
+    folder.mkdir()
+    os.chown(folder, 65534, 65534)
+    config = tmp_path / "hub.toml"
+    config.write_text(f'[database]\nurl = "sqlite:///{folder / "hub.db"}"\n')
+    result = subprocess.run([sys.executable, "-m", "hub", "device", "approve", "pi-1", "--config", str(config)],
+                            cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stderr
+    assert {p.stat().st_uid for p in folder.iterdir()} == {65534}

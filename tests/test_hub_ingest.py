@@ -264,3 +264,28 @@ def test_root_cli_leaves_the_database_to_the_service_user(tmp_path: Path):
                             cwd=ROOT, capture_output=True, text=True, timeout=60)
     assert result.returncode == 0, result.stderr
     assert {p.stat().st_uid for p in folder.iterdir()} == {65534}
+
+
+def test_accepted_versions_follow_the_contract_schemas(monkeypatch):
+    """When the contract's schema accepts a new version (`enum`), the hub accepts it without a change."""
+    import hub.intake
+
+    real = payloads.load_schema
+
+    def bumped(name: str) -> dict:
+        schema_doc = real(name)
+        schema_doc["properties"]["schema"] = {"enum": [1, 2]}
+        return schema_doc
+
+    monkeypatch.setattr(hub.intake.payloads, "load_schema", bumped)
+    hub.intake.accepted_versions.cache_clear()
+    hub.intake._validator.cache_clear()
+    try:
+        assert accepted_versions("mood") == {1, 2}
+        _, events = events_of(1)
+        topic, mood = events[1]
+        assert isinstance(classify(ROOT_TOPIC, topic, json.dumps({**mood, "schema": 2}).encode(), 65536), Accepted)
+        assert classify(ROOT_TOPIC, topic, json.dumps({**mood, "schema": 3}).encode(), 65536).code == "schema_version"
+    finally:
+        hub.intake.accepted_versions.cache_clear()
+        hub.intake._validator.cache_clear()

@@ -29,7 +29,7 @@ STAMP_FILE="$VENV_DIR/.affectbox-setup-stamp"
 # Bump when the install steps change in a way that existing venvs must be redone for.
 readonly STAMP_FORMAT=1
 # The files whose content decides what pip installs; any change to one of them reruns pip.
-STAMP_INPUTS=(requirements/runtime.txt requirements/dev.txt pyproject.toml)
+STAMP_INPUTS=(requirements/runtime.txt requirements/dev.txt requirements/hub.txt pyproject.toml)
 # Interpreters tried, in this order, when .venv has to be created (the Pi mode uses the system's
 # python3 only: apt's python3-picamera2 is built for it).
 PYTHON_CANDIDATES=(python3.11 python3.13 python3.12 python3)
@@ -38,7 +38,8 @@ PYTHON_CANDIDATES=(python3.11 python3.13 python3.12 python3)
 # mosquitto, mosquitto-clients and openssl: the hub-link tests run a real broker with TLS (tests/test_hub.py)
 # debootstrap: tests/test_debootstrap.py installs the appliance into a clean Debian root
 # chromium: tests/test_web_browser.py drives Debian's headless Chromium with Playwright (which never downloads one)
-DEV_APT_PACKAGES=(python3 python3-venv espeak-ng sox mosquitto mosquitto-clients openssl debootstrap chromium libportaudio2)
+# postgresql: the hub tests start a real PostgreSQL server (initdb in a temporary folder, tests/hub_support.py)
+DEV_APT_PACKAGES=(python3 python3-venv espeak-ng sox mosquitto mosquitto-clients openssl debootstrap chromium libportaudio2 postgresql)
 
 # The appliance (Raspberry Pi OS, or Debian for tests). python3-picamera2 comes from Raspberry Pi
 # OS's own archive and is installed where apt knows it (PI_OPTIONAL_APT_PACKAGES).
@@ -65,6 +66,7 @@ usage() {
 Usage: ./setup.sh --dev
        ./setup.sh                       (as root: the appliance on Raspberry Pi OS or Debian)
        ./setup.sh --uninstall [--purge]
+       ./setup.sh --hub                 (as root: the clinic hub on Debian; hub/deploy/setup_hub.sh)
 
   --dev       Development machine or CI (Debian 12/13, as root or with sudo):
                 - installs missing Debian packages (${DEV_APT_PACKAGES[*]}) with apt-get,
@@ -92,6 +94,10 @@ Usage: ./setup.sh --dev
   --uninstall Stop and remove the service, the install prefix, $ETC_DIR (config and
               secrets) and the system user; keep the local record in $STATE_DIR.
   --purge     With --uninstall: remove the local record ($STATE_DIR) too.
+  --hub       The clinic hub (Debian 12/13 or a Pi 5; as root): Debian's Mosquitto with TLS (a clinic
+              CA made here), persistence, per-device ACLs and queue limits sized for an 8-hour outage
+              of 50 devices; the collector in /opt/affectbox-hub with the [hub] pins only; its
+              config and affectbox-hub.service. See docs/HUB.md.
   -h, --help  Show this help.
 
 Then run the tests with: .venv/bin/python -m pytest
@@ -651,6 +657,10 @@ main() {
             mode=$1
             ;;
         --purge) purge=1 ;;
+        --hub)
+            (($# == 1)) && [[ -z $mode ]] || die "--hub takes no other option"
+            exec "$REPO_DIR/hub/deploy/setup_hub.sh"
+            ;;
         -h | --help)
             usage
             return 0

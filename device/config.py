@@ -154,7 +154,7 @@ class StoreConfig:
     )
 
 
-HUB_COMMANDS = ("start_session", "stop_session", "ping", "get_status")
+HUB_COMMANDS = ("start_session", "stop_session", "ping", "get_status", "resend")
 HUB_DEFAULT_PORTS = {"off": 1883, "on": 8883}
 _CREDENTIAL_NAME_RE = re.compile(r"[A-Za-z0-9._@-]{1,128}")
 

@@ -817,6 +817,20 @@ class Store:
                     out.append((record, items))
         return out
 
+    def forget_published(self, session_id: str, items: list[str]) -> list[str] | None:
+        """Mark these items ("started", "window:<i>", "ended") not handed over, so a backfill queues
+        them again (the hub's resend); returns those the record holds, or None for an unknown session."""
+        with self._write("forget published events") as conn:
+            row = conn.execute("SELECT state FROM sessions WHERE id = ?", (session_id,)).fetchone()
+            if row is None:
+                return None
+            indexes = {r[0] for r in conn.execute("SELECT window_index FROM windows WHERE session_id = ?",
+                                                  (session_id,))}
+            held = [i for i in items if i == "started" or (i == "ended" and row[0] != "running")
+                    or (i.startswith("window:") and int(i.split(":", 1)[1]) in indexes)]
+            conn.executemany("DELETE FROM published WHERE session_id = ? AND item = ?", [(session_id, i) for i in held])
+        return held
+
     def window(self, session_id: str, index: int) -> dict[str, Any] | None:
         """One stored window's JSON, or None."""
         with self._read("read a window") as conn:

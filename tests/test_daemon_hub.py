@@ -40,7 +40,7 @@ pytestmark = [pytest.mark.timeout(300), needs_broker]
 
 DEVICE = "test-device"
 PREFIX = f"affectbox/{DEVICE}/"
-COMMANDS = ("start_session", "stop_session", "ping", "get_status")
+COMMANDS = ("start_session", "stop_session", "ping", "get_status", "resend")
 EVENT_KINDS = ("session", "mood", "summary")
 
 

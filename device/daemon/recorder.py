@@ -219,6 +219,11 @@ class Recorder:
     def stop_session(self, *, source: str = "cli", reason: str | None = None) -> dict[str, Any]:
         return self.call("stop", source=source, reason=reason)
 
+    def resend(self, session_id: str, from_window: int, to_window: int, session_events: bool) -> dict[str, Any]:
+        """The hub's `cmd/resend`: queue stored items of a finished session again (same event ids)."""
+        return self.call("resend", session_id=session_id, from_window=from_window, to_window=to_window,
+                         session_events=session_events)
+
     def snapshot(self) -> dict[str, Any]:
         """The running session (or None), for status: safe from any thread."""
         with self._lock:
@@ -251,7 +256,8 @@ class Recorder:
             if not future.set_running_or_notify_cancel():
                 return
             try:
-                handler = {"start": self._start, "stop": self._stop_cmd, "shutdown": self._shutdown}[name]
+                handler = {"start": self._start, "stop": self._stop_cmd, "shutdown": self._shutdown,
+                           "resend": self._resend}[name]
                 future.set_result(handler(**kwargs))
             except BaseException as exc:
                 future.set_exception(exc)
@@ -555,6 +561,25 @@ class Recorder:
         if removed:
             log.info("retention: removed %d sessions older than %d days", len(removed),
                      self.config.store.retention_days)
+
+    def _resend(self, session_id: str, from_window: int, to_window: int, session_events: bool) -> dict[str, Any]:
+        """Forget that the items were handed over, so the next backfill (now) queues them again.
+
+        Backfill derives every event id from the stored item, so the hub drops what it already
+        has. A session still running is refused (its items are being published as they come).
+        """
+        if self._running is not None and self._running.session_id == session_id:
+            raise AffectboxError(f"session {session_id} is still running; ask again after it ends")
+        wanted = [f"window:{i}" for i in range(from_window, to_window + 1)]
+        if session_events:
+            wanted += ["started", "ended"]
+        held = self.store.forget_published(session_id, wanted)
+        if held is None:
+            return {"session_id": session_id, "held": False, "queued": 0}
+        self._next_backfill = 0.0
+        windows = sum(1 for item in held if item.startswith("window:"))
+        return {"session_id": session_id, "held": True, "queued": len(held),
+                "windows_held": windows, "windows_missing": len(wanted) - (2 if session_events else 0) - windows}
 
     def backfill(self, limit: int | None = None) -> int:
         """Queue for the hub what is stored but not marked published (after a crash); returns the count.

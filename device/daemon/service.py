@@ -495,6 +495,11 @@ class _HubCommands:
         status.pop("models", None)  # in the retained info already
         return status
 
+    def resend(self, session_id: str, from_window: int, to_window: int, session_events: bool) -> dict[str, Any]:
+        if self.daemon.recorder is None:
+            raise AffectboxError("the daemon is still starting")
+        return self.daemon.recorder.resend(session_id, from_window, to_window, session_events)
+
 
 def configure_logging(verbose: bool = False) -> None:
     """Log lines to stdout for journald (which adds time and unit); journal fields with systemd-python."""

@@ -94,7 +94,9 @@ COMMAND_FIELDS: dict[str, tuple[tuple[str, ...], tuple[str, ...]]] = {
     "stop_session": ((), ()),
     "ping": ((), ()),
     "get_status": ((), ()),
+    "resend": (("session_id", "from_window", "to_window"), ("session_events",)),
 }
+RESEND_MAX_WINDOWS = 100_000  # one request covers at most this many windows (about 11 days of 10-s windows)
 
 
 class CommandHandler(Protocol):
@@ -115,6 +117,12 @@ class CommandHandler(Protocol):
 
     def get_status(self) -> dict[str, Any]:
         """A health snapshot (the client adds the outbox's counters under "outbox")."""
+        ...
+
+    def resend(self, session_id: str, from_window: int, to_window: int, session_events: bool) -> dict[str, Any]:
+        """Queue again, with their event ids, the stored windows from_window..to_window of a finished
+        session (and its started/ended events and summary when session_events); return at least
+        {"session_id": ..., "held": bool}."""
         ...
 
 
@@ -231,7 +239,28 @@ def parse_command(name: str, payload: bytes, enabled: tuple[str, ...] | frozense
                                            f"(got {_shown(duration)})")
             duration = float(duration)
         args["max_duration_s"] = duration
+    if name == "resend":
+        problem = _resend_problem(body)
+        if problem:
+            return ParsedCommand(name, request_id, error_code="invalid", error=problem)
+        args = {"session_id": body["session_id"], "from_window": body["from_window"],
+                "to_window": body["to_window"], "session_events": body.get("session_events", False)}
     return ParsedCommand(name, request_id, args)
+
+
+def _resend_problem(body: Mapping[str, Any]) -> str | None:
+    """Why a resend request's fields are unusable, or None."""
+    if not isinstance(body["session_id"], str) or not _PATIENT_ID_RE.fullmatch(body["session_id"]):
+        return f"session_id {_shown(body['session_id'])} must be 1-64 characters of A-Z a-z 0-9 . _ -"
+    first, last = body["from_window"], body["to_window"]
+    for key, value in (("from_window", first), ("to_window", last)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+            return f"{key} must be a non-negative integer (got {_shown(value)})"
+    if last < first or last - first >= RESEND_MAX_WINDOWS:
+        return f"to_window must be from from_window to from_window + {RESEND_MAX_WINDOWS - 1} (got {first}..{last})"
+    if not isinstance(body.get("session_events", False), bool):
+        return f"session_events must be true or false (got {_shown(body.get('session_events'))})"
+    return None
 
 
 class _TrackingSSLContext(ssl.SSLContext):
@@ -699,6 +728,8 @@ class HubClient:
                 result = self.handler.stop_session()
             elif parsed.name == "ping":
                 result = self.handler.ping()
+            elif parsed.name == "resend":
+                result = self.handler.resend(**parsed.args)
             else:
                 result = dict(self.handler.get_status())
                 result.setdefault("hub", {"connected": self.connected, "connections": self.connections})

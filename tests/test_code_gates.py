@@ -31,6 +31,12 @@ KNOWN_CYCLES: set[frozenset[str]] = {
 # it must not pull in the pipeline, the store or the MQTT client.
 CONTRACT_MAY_IMPORT = ("device.contract", "device.labels", "device.errors")
 
+# The clinic hub shares the contract and the device's small utilities (errors, config helpers,
+# systemd notify, the page's security code), never the device's pipeline, record or MQTT link:
+# it runs on a server with no camera and must not change when the device's internals do.
+HUB_MUST_NOT_IMPORT = ("device.capture", "device.inference", "device.audio", "device.voice", "device.daemon",
+                       "device.analyze", "device.aggregate", "device.fusion", "device.store", "device.uplink")
+
 
 def _project_modules() -> dict[str, Path]:
     modules: dict[str, Path] = {}
@@ -144,6 +150,21 @@ def test_the_contract_imports_only_what_the_hub_can_share() -> None:
                                    for allowed in CONTRACT_MAY_IMPORT))
            for name in contract}
     assert not any(bad.values()), f"device.contract imports beyond {CONTRACT_MAY_IMPORT}: {bad}"
+
+
+def _reaches(target: str, prefixes: tuple[str, ...]) -> bool:
+    return any(target == prefix or target.startswith(prefix + ".") for prefix in prefixes)
+
+
+def test_hub_and_device_stay_apart() -> None:
+    graph = _import_graph(_project_modules())
+    hub = {name: sorted(t for t in targets if _reaches(t, HUB_MUST_NOT_IMPORT))
+           for name, targets in graph.items() if _reaches(name, ("hub",))}
+    assert hub, "the hub package was not found"
+    assert not any(hub.values()), f"the hub imports the device's internals: { {k: v for k, v in hub.items() if v} }"
+    device = {name: sorted(t for t in targets if _reaches(t, ("hub",)))
+              for name, targets in graph.items() if _reaches(name, ("device",))}
+    assert not any(device.values()), f"the device imports the hub: { {k: v for k, v in device.items() if v} }"
 
 
 def test_ruff_check_is_clean() -> None:

@@ -53,6 +53,7 @@ from device.web.security import (
     LoginRateLimiter,
     LoginSessions,
     client_key,
+    set_security_headers,
 )
 
 log = logging.getLogger(__name__)
@@ -65,8 +66,6 @@ NOTICE_SHORT = "affectbox supports clinical judgment; it does not diagnose."
 PACKAGE_DIR = Path(__file__).resolve().parent
 OPEN_ENDPOINTS = frozenset({"api_health", "login_page", "api_login", "static"})
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 COMPACT_WINDOW_KEYS = ("index", "start", "end", "has_mood", "dominant", "valence", "arousal")
 START_FIELDS = frozenset({"patient_id", "consent", "max_duration_minutes", CSRF_FIELD})
 TRUE_WORDS = frozenset({"1", "true", "on", "yes"})
@@ -241,19 +240,7 @@ def create_app(control: ApplianceControl, *, password_hash: str | None, secret_k
 
     @app.after_request
     def headers(response: Response) -> Response:
-        h = response.headers
-        h["Content-Security-Policy"] = CSP
-        h["X-Frame-Options"] = "DENY"
-        h["X-Content-Type-Options"] = "nosniff"
-        h["Referrer-Policy"] = "no-referrer"
-        h["Cross-Origin-Opener-Policy"] = "same-origin"
-        h["Cross-Origin-Resource-Policy"] = "same-origin"
-        h["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
-        if request.endpoint == "static":
-            h["Cache-Control"] = "no-cache"  # revalidate (ETag): no patient data, but fresh after an upgrade
-        else:
-            h["Cache-Control"] = "no-store"  # pages and API carry patient data
-            h["Pragma"] = "no-cache"
+        set_security_headers(response.headers, static=request.endpoint == "static")  # type: ignore[arg-type]
         return response
 
     @app.teardown_appcontext

@@ -120,9 +120,9 @@ class DashboardConfig:
     silent_after_s: float = _opt(900.0, "a device marked online but heard from longer ago than this is shown "
                                         "as silent", min=10, max=7 * 86400)
     command_wait_s: float = _opt(30.0, "how long a start/stop command's result is awaited", min=1, max=600)
-    baseline_sessions: int = _opt(5, "review rule: sessions that make a patient's baseline", min=2, max=100)
+    baseline_sessions: int = _opt(8, "review rule: sessions that make a patient's baseline", min=2, max=100)
     ewma_lambda: float = _opt(0.3, "review rule: EWMA weight of the newest session", min=0.01, max=1.0)
-    ewma_limit_sds: float = _opt(2.5, "review rule: lower control limit in baseline SDs", min=0.5, max=10)
+    ewma_limit_sds: float = _opt(3.0, "review rule: lower control limit in baseline SDs", min=0.5, max=10)
     run_length: int = _opt(2, "review rule: sessions below the limit in a row that suggest a review",
                            min=1, max=20)
     min_coverage: float = _opt(0.3, "review rule: sessions with less mood coverage do not count", min=0, max=1)

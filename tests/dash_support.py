@@ -35,8 +35,9 @@ def window(index: int, valence: float, rng: random.Random, seconds: float = 10.0
             "arousal": a, "fusion_weights": {"face": 0.6, "speech": 0.4},
             "modalities": {"face": {"items": 50, "present": 45, "share": 0.9},
                            "speech": {"items": 10, "present": 6, "share": 0.6, "seconds": 6.0}},
-            "prosody": {"n_utterances": 2, "speech_s": 6.0, "speech_share": 0.6, "pause_ratio": 0.3 + 0.1 * rng.random(),
-                        "speaking_rate": 3.5 + rng.random(), "f0_sd_st": 2.0 + rng.random(), "f0_mean_hz": 180.0}}
+            "prosody": {"n_utterances": 2, "speech_s": 6.0, "speech_share": 0.6,
+                        "pause_ratio": 0.3 + 0.1 * rng.random(), "speaking_rate": 3.5 + rng.random(),
+                        "f0_sd_st": 2.0 + rng.random(), "f0_mean_hz": 180.0}}
 
 
 class History:

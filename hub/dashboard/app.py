@@ -20,6 +20,7 @@ import time
 import urllib.parse
 from collections.abc import Callable
 from datetime import UTC, date, datetime
+from importlib import resources
 from pathlib import Path
 from typing import Any, NoReturn
 
@@ -48,7 +49,7 @@ from hub.dashboard.course import PERIODS, course
 log = logging.getLogger("affectbox.hub.dashboard")
 
 PACKAGE_DIR = Path(__file__).resolve().parent
-DEVICE_STATIC = Path(__file__).resolve().parents[2] / "device" / "web" / "static"
+DEVICE_STATIC = Path(str(resources.files("device.web").joinpath("static")))  # the device page's styles
 MAX_BODY_BYTES = 16 * 1024
 MAX_NOTE_CHARS = 2000
 OPEN_ENDPOINTS = frozenset({"login_page", "login_submit", "static", "healthz", "base_css"})

@@ -170,10 +170,16 @@ def bundle(patient_id: str, clinic_ref: str | None, points: Iterable[SessionPoin
 
 
 def validate(document: Mapping[str, Any]) -> Any:
-    """Parse with fhir.resources' R4B models (Observation and Device are unchanged from R4)."""
+    """Parse with fhir.resources' R4B models (Observation and Device are unchanged from R4): the
+    Bundle, then every entry's resource with its own model (the Bundle model alone does not)."""
+    from fhir.resources.R4B import get_fhir_model_class
     from fhir.resources.R4B.bundle import Bundle
 
-    return Bundle.model_validate(document)
+    parsed = Bundle.model_validate(document)
+    for entry in document.get("entry") or []:
+        resource = entry["resource"]
+        get_fhir_model_class(resource["resourceType"]).model_validate(resource)
+    return parsed
 
 
 def deliver(document: Mapping[str, Any], base_url: str, token: str | None = None,

@@ -380,3 +380,17 @@ def test_user_commands(tmp_path: Path):
     done = hub("export", "session", "--format", "parquet", "--out", str(out), "--config", str(cfg))
     assert done.returncode == 0, done.stderr
     assert out.exists() and out.with_suffix(".codebook.md").read_text().startswith("# affectbox research export")
+
+
+def test_migration_carries_the_dashboards_tables(record, tmp_path: Path):
+    from hub.dashboard import audit
+    from hub.migrate import migrate
+
+    _, engine = record
+    audit.record(engine, "alice", "view", patient_id="P-1", target="/patients/P-1")
+    target = make_engine(f"sqlite:///{tmp_path / 'copy.db'}")
+    counts = migrate(engine, target)
+    for name in ("users", "audit_log", "questionnaires", "review_acks", "patient_refs"):
+        assert name in counts
+    assert counts["users"] == 2 and counts["audit_log"] > 0
+    assert accounts.authenticate(target, "alice", ADMIN_PW) is not None

@@ -382,15 +382,69 @@ def test_user_commands(tmp_path: Path):
     assert out.exists() and out.with_suffix(".codebook.md").read_text().startswith("# affectbox research export")
 
 
-def test_migration_carries_the_dashboards_tables(record, tmp_path: Path):
+def test_migration_carries_the_dashboards_tables(tmp_path: Path):
     from hub.dashboard import audit
     from hub.migrate import migrate
 
-    _, engine = record
-    audit.record(engine, "alice", "view", patient_id="P-1", target="/patients/P-1")
+    # its own small record: one info per device (hub/derive.py applies a device's `info` events in
+    # replay order, so a device with several would make the rebuilt devices row differ, see the report)
+    engine = make_engine(f"sqlite:///{tmp_path / 'source.db'}")
+    upgrade(engine)
+    History(engine).session("room-z", "P-M", T0, 0.1, windows=3)
+    accounts.add_user(engine, "alice", "administrator", ADMIN_PW)
+    audit.record(engine, "alice", "view", patient_id="P-M", target="/patients/P-M")
     target = make_engine(f"sqlite:///{tmp_path / 'copy.db'}")
     counts = migrate(engine, target)
-    for name in ("users", "audit_log", "questionnaires", "review_acks", "patient_refs"):
-        assert name in counts
-    assert counts["users"] == 2 and counts["audit_log"] > 0
+    assert {"users", "audit_log", "questionnaires", "review_acks", "patient_refs", "commands_sent"} <= set(counts)
+    assert counts["users"] == 1 and counts["audit_log"] == 1
     assert accounts.authenticate(target, "alice", ADMIN_PW) is not None
+
+
+def test_start_and_stop_commands_go_out_over_mqtt_and_show_their_result(record, tmp_path: Path):
+    from hub.writer import Delivery, Writer
+    from tests.mqtt_support import Broker, Observer, needs_broker
+
+    if needs_broker.args[0]:
+        pytest.skip(needs_broker.kwargs["reason"])
+    base, engine = record
+    broker = Broker(tmp_path / "broker")
+    broker.start()
+    observer = Observer(broker.port, ["affectbox/+/cmd/#"])
+    try:
+        config = config_from_dict({"database": {"url": base.database.url},
+                                   "mqtt": {"port": broker.port, "tls": "off"}})
+        c = create_app(config, engine, now=lambda: datetime.now(UTC)).test_client()
+        login(c, "bob", CLIN_PW)
+        token = csrf(c, "/devices/room-a")
+        assert c.post("/devices/room-a/start", data={"patient_id": "bad id!", "csrf_token": token}).status_code == 400
+        assert c.post("/devices/room-a/start", data={"patient_id": "P-9", "max_duration_minutes": "0",
+                                                     "csrf_token": token}).status_code == 400
+        r = c.post("/devices/room-a/start", data={"patient_id": "P-9", "max_duration_minutes": "20",
+                                                  "csrf_token": token})
+        assert r.status_code == 303
+        assert observer.wait_for(lambda ms: len(ms) == 1, 10)
+        message = observer.messages[0]
+        body = json.loads(message.payload)
+        assert message.topic == "affectbox/room-a/cmd/start_session" and not message.retain
+        assert body["patient_id"] == "P-9" and body["max_duration_s"] == 1200
+        page = c.get("/devices/room-a").get_data(as_text=True)
+        assert 'data-outcome="waiting"' in page and 'http-equiv="refresh"' in page
+        # the device's answer, as the collector stores it
+        result = {"schema": 1, "kind": "command_result", "event_id": "0b3e2a5c-0000-4000-8000-000000000001",
+                  "device_id": "room-a", "session_id": None, "seq": 900, "ts": "2026-06-01T10:00:00.000Z",
+                  "command": "start_session", "request_id": body["request_id"], "ok": True,
+                  "result": {"session_id": "s-new", "state": "running"}}
+        Writer(engine, base).store([Delivery("affectbox/room-a/cmd/start_session/result", json.dumps(result).encode())])
+        page = text(c.get("/devices/room-a"))
+        assert "start_session P-9 done: session s-new" in page
+        assert c.post("/devices/room-a/stop", data={"csrf_token": token}).status_code == 303
+        assert observer.wait_for(lambda ms: len(ms) == 2, 10)
+        assert observer.messages[1].topic == "affectbox/room-a/cmd/stop_session"
+        assert c.post("/devices/unknown/stop", data={"csrf_token": token}).status_code == 404
+    finally:
+        observer.close()
+        broker.stop()
+    # the broker is gone: one clear line, nothing shown as awaited
+    r = c.post("/devices/room-a/stop", data={"csrf_token": token})
+    assert r.status_code == 409 and "cannot reach the broker at 127.0.0.1" in text(r)
+    assert text(c.get("/devices/room-a")).count("stop_session") == 1  # only the one that was sent

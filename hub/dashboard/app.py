@@ -277,8 +277,8 @@ def create_app(config: HubConfig, engine: Engine, *, secret_key: bytes | None = 
             rows = [v for v in records.devices(conn, now(), d.silent_after_s) if v.device_id == device_id]
         if not rows:
             fail(404, f"no device {device_id[:64]!r}")
-        recent = commands.recent(engine, device_id)
-        waiting = any(r["ok"] is None and r["sent_at"] >= _ago_iso(now(), d.command_wait_s) for r in recent)
+        recent = commands.recent(engine, device_id, _ago_iso(now(), d.command_wait_s))
+        waiting = any(r["waiting"] for r in recent)
         return page("device.html", "devices", device=rows[0], recent=recent, refresh=waiting)
 
     def _command(device_id: str, command: str) -> Response:

@@ -81,12 +81,18 @@ def send(engine: Engine, config: HubConfig, device_id: str, command: str, userna
         conn.execute(schema.commands_sent.insert().values(request_id=request_id, device_id=device_id,
                                                           command=command, patient_id=patient_id,
                                                           username=username, sent_at=utc_timestamp()))
-    publish_once(config, f"{config.mqtt.topic_root}/{device_id}/cmd/{command}", json.dumps(body).encode())
+    try:
+        publish_once(config, f"{config.mqtt.topic_root}/{device_id}/cmd/{command}", json.dumps(body).encode())
+    except Exception:
+        with engine.begin() as conn:  # never sent: not shown as awaited
+            conn.execute(schema.commands_sent.delete().where(schema.commands_sent.c.request_id == request_id))
+        raise
     return request_id
 
 
-def recent(engine: Engine, device_id: str, limit: int = 10) -> list[dict[str, Any]]:
-    """The device's latest dashboard commands with their results (None while awaited)."""
+def recent(engine: Engine, device_id: str, waited_since: str, limit: int = 10) -> list[dict[str, Any]]:
+    """The device's latest dashboard commands with their results; a command sent before
+    `waited_since` (UTC ISO) without a result is reported as unanswered."""
     c, r = schema.commands_sent.c, schema.command_results.c
     query = (select(c.request_id, c.command, c.patient_id, c.username, c.sent_at, r.ok, r.result, r.received_at)
              .select_from(schema.commands_sent.outerjoin(schema.command_results, r.request_id == c.request_id))
@@ -96,10 +102,12 @@ def recent(engine: Engine, device_id: str, limit: int = 10) -> list[dict[str, An
     for row in rows:
         result = json.loads(row["result"]) if row["result"] else None
         if row["ok"] is None:
-            row["outcome"] = "waiting for the device"
+            row["outcome"] = "waiting for the device" if row["sent_at"] >= waited_since else \
+                "no answer (device offline or busy; the broker may still deliver it)"
         elif row["ok"]:
             row["outcome"] = "done" + (f": session {result.get('session_id')}" if isinstance(result, dict)
                                        and result.get("session_id") else "")
         else:
             row["outcome"] = "refused: " + (result.get("message", "") if isinstance(result, dict) else str(result))
+        row["waiting"] = row["ok"] is None and row["sent_at"] >= waited_since
     return rows

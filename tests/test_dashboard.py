@@ -448,3 +448,37 @@ def test_start_and_stop_commands_go_out_over_mqtt_and_show_their_result(record, 
     r = c.post("/devices/room-a/stop", data={"csrf_token": token})
     assert r.status_code == 409 and "cannot reach the broker at 127.0.0.1" in text(r)
     assert text(c.get("/devices/room-a")).count("stop_session") == 1  # only the one that was sent
+
+
+def test_dashboard_command_serves_and_stops_on_sigterm(tmp_path: Path):
+    import signal
+    import time
+    import urllib.request
+
+    from tests.mqtt_support import free_port
+
+    port = free_port()
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(f'[database]\nurl = "sqlite:///{tmp_path / "hub.db"}"\n[dashboard]\nport = {port}\n')
+    log = tmp_path / "dashboard.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen([sys.executable, "-m", "hub", "dashboard", "--config", str(cfg)], cwd=ROOT,
+                                stdout=out, stderr=subprocess.STDOUT)
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=2) as r:
+                    assert json.loads(r.read())["ok"] is True
+                    break
+            except OSError:
+                assert proc.poll() is None and time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/login", timeout=5) as r:
+            assert "Content-Security-Policy" in r.headers
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(20) == 0
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)

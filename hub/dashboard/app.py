@@ -435,16 +435,15 @@ def create_app(config: HubConfig, engine: Engine, *, secret_key: bytes | None = 
         if row is None:
             fail(404, f"no session {key[:130]!r}")
         windows = records.session_windows(conn, device_id, session_id)
-        points = {p.key: p for p in records.patient_sessions(conn, row["patient_id"])} if row["patient_id"] else {}
-        return {"key": key, "row": row, "windows": windows, "point": points.get(key), "svg": charts.timeline(windows)}
+        point = records.session_point(conn, device_id, session_id)
+        return {"key": key, "row": row, "windows": windows, "point": point, "svg": charts.timeline(windows)}
 
     @app.get("/sessions/<device_id>/<session_id>")
     def session_page(device_id: str, session_id: str) -> str:
         with engine.connect() as conn:
             view = session_view(conn, f"{device_id}/{session_id}")
-            others = records.patient_sessions(conn, view["row"]["patient_id"]) if view["row"]["patient_id"] else []
         note("view", view["row"]["patient_id"])
-        return page("session.html", "patients", views=[view], others=others)
+        return page("session.html", "patients", views=[view])
 
     @app.get("/compare")
     def compare_page() -> str:
@@ -454,7 +453,7 @@ def create_app(config: HubConfig, engine: Engine, *, secret_key: bytes | None = 
         patients = {v["row"]["patient_id"] for v in views}
         for p in patients:
             note("view", p)
-        return page("session.html", "patients", views=views, others=[])
+        return page("session.html", "patients", views=views)
 
     # ---- exports ---------------------------------------------------------------------------
 

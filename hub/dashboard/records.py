@@ -174,6 +174,16 @@ def _info_at(history: list[tuple[str, dict[str, Any]]], moment: str) -> dict[str
 
 def patient_sessions(conn: Connection, patient_id: str) -> list[SessionPoint]:
     """Every session of a patient from every device, oldest first (running ones included, no summary yet)."""
+    return _points(conn, schema.sessions.c.patient_id == patient_id)
+
+
+def session_point(conn: Connection, device_id: str, session_id: str) -> SessionPoint | None:
+    s = schema.sessions.c
+    points = _points(conn, (s.device_id == device_id) & (s.session_id == session_id))
+    return points[0] if points else None
+
+
+def _points(conn: Connection, where: Any) -> list[SessionPoint]:
     s, m, e = schema.sessions.c, schema.summaries.c, schema.events_raw.c
     query = (select(s.device_id, s.session_id, s.started_ts, s.started_received_at, s.last_received_at,
                     s.end_event, s.duration_s, s.windows_reported, m.event_id, m.windows_with_mood, m.valence,
@@ -181,7 +191,7 @@ def patient_sessions(conn: Connection, patient_id: str) -> list[SessionPoint]:
              .select_from(schema.sessions.outerjoin(schema.summaries, (m.device_id == s.device_id)
                                                     & (m.session_id == s.session_id))
                           .outerjoin(schema.events_raw, e.event_id == m.event_id))
-             .where(s.patient_id == patient_id))
+             .where(where))
     rows = conn.execute(query).mappings().all()
     history = _info_history(conn, {r["device_id"] for r in rows})
     points = []

@@ -330,6 +330,29 @@ def test_fhir_delivery_is_idempotent(app):
         fhir.deliver(document, url)
 
 
+def test_fhir_command_delivers_idempotently(record, tmp_path: Path):
+    base, _ = record
+    server = ThreadingHTTPServer(("127.0.0.1", 0), _Fhir)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    _Fhir.store.clear()
+    cfg = tmp_path / "hub.toml"
+    cfg.write_text(f'[database]\nurl = "{base.database.url}"\n'
+                   f'[dashboard]\nfhir_url = "http://127.0.0.1:{server.server_port}/fhir"\n')
+    try:
+        command = [sys.executable, "-m", "hub", "fhir", "P-1", "--deliver", "--out", str(tmp_path / "b.json"),
+                   "--config", str(cfg)]
+        runs = [subprocess.run(command, capture_output=True, text=True, cwd=ROOT, timeout=120) for _ in range(2)]
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert all(r.returncode == 0 for r in runs), runs[0].stderr
+    entries = len(json.loads((tmp_path / "b.json").read_text())["entry"])
+    assert f"delivered {entries} entries" in runs[1].stdout and len(_Fhir.store) == entries
+    done = subprocess.run([sys.executable, "-m", "hub", "fhir", "P-1", "--deliver", "--config", str(cfg)],
+                          capture_output=True, text=True, cwd=ROOT, timeout=120)
+    assert done.returncode == 2 and done.stderr.startswith("affectbox-hub: error: cannot reach the FHIR server")
+
+
 def test_research_exports_are_tidy_pseudonymous_and_audited(app, record):
     import pyarrow.parquet as pq
 

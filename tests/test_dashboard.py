@@ -505,3 +505,18 @@ def test_dashboard_command_serves_and_stops_on_sigterm(tmp_path: Path):
         if proc.poll() is None:
             proc.kill()
             proc.wait(10)
+
+
+def test_report_has_one_page_per_period_and_every_chart_stays_in_its_frame(app):
+    from hub.dashboard import charts
+
+    c = app.test_client()
+    login(c, "bob", CLIN_PW)
+    for period, count in (("month", 6), ("year", 2)):  # P-1: 2025-11 .. 2026-04
+        html = c.get(f"/patients/P-1/report?period={period}").get_data(as_text=True)
+        assert html.count('class="report-page"') == count and html.count(NOT_A_DIAGNOSIS) == count
+        xs = [float(x) for pts in re.findall(r'<polyline points="([^"]+)"', html)
+              for x in re.findall(r"(-?[\d.]+),", pts)]
+        xs += [float(x) for x in re.findall(r'<circle cx="(-?[\d.]+)"', html)]
+        assert xs and all(charts.LEFT - 0.5 <= x <= charts.W - charts.RIGHT + 0.5 for x in xs), period
+    assert c.get("/patients/P-1/report?period=week").status_code == 400

@@ -101,13 +101,14 @@ def course_chart(points: Sequence[SessionPoint], chart: Chart, periods: Sequence
         svg.add("polyline", points=" ".join(f"{_f(a)},{_f(b)}" for a, b in means), fill="none",
                 stroke=VALENCE_COLOUR if field == "valence" else AROUSAL_COLOUR, stroke_width="2")
     if field == "valence":
-        ewma = [(parse_time(c.at), c) for c in chart.points if c.ewma is not None]
+        shown = {p.key for _, p in pts}  # a report page shows one period: only its part of the EWMA
+        ewma = [(parse_time(c.at), c) for c in chart.points if c.ewma is not None and c.key in shown]
         if ewma:
             svg.add("polyline", points=" ".join(f"{_f(x(t))},{_f(y(c.ewma))}" for t, c in ewma if t), fill="none",
                     stroke=EWMA_COLOUR, stroke_width="1.5", title="EWMA of session means")
             svg.add("polyline", points=" ".join(f"{_f(x(t))},{_f(y(max(-1, c.lcl)))}" for t, c in ewma if t),
                     fill="none", stroke=LIMIT_COLOUR, stroke_dasharray="3 3", title="lower control limit")
-        for flag in chart.flags:
+        for flag in (f for f in chart.flags if f.key in shown):
             t = parse_time(flag.at)
             if t:
                 svg.add("path", d=f"M{_f(x(t))},{_f(H - BOTTOM - 2)} l-6,10 l12,0 z", fill=LIMIT_COLOUR,

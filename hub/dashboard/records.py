@@ -261,13 +261,13 @@ def session_means(conn: Connection) -> dict[str, list[tuple[str, str, float | No
     """patient -> [(key, time, valence, mood coverage)] oldest first: what the review flag reads."""
     s, m = schema.sessions.c, schema.summaries.c
     rows = conn.execute(select(m.patient_id, m.device_id, m.session_id, s.started_ts, s.started_received_at,
-                               m.received_at, m.valence, m.windows, m.windows_with_mood)
+                               s.last_received_at, m.valence, m.windows, m.windows_with_mood)
                         .select_from(schema.summaries.outerjoin(schema.sessions, (m.device_id == s.device_id)
                                                                 & (m.session_id == s.session_id)))
                         .where(m.patient_id.is_not(None))).all()
     out: dict[str, list[tuple[str, str, float | None, float | None]]] = {}
     for r in rows:
-        at = r.started_ts or r.started_received_at or r.received_at
+        at = r.started_ts or r.started_received_at or r.last_received_at  # as in _points
         coverage = (r.windows_with_mood / r.windows) if r.windows and r.windows_with_mood is not None else None
         out.setdefault(r.patient_id, []).append((f"{r.device_id}/{r.session_id}", at, r.valence, coverage))
     for series in out.values():

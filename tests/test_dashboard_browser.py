@@ -151,7 +151,6 @@ def test_every_view_with_a_replaying_device(stack, browser):
         return row.count() == 1 and row.get_attribute("data-health") in ("ok", "attention")
     assert wait_until(device_row_ok, 40), stack["hub"].log()[-3000:]
     assert "does not diagnose" in page.inner_text("#notice")
-    shot(page, "devices", docs=True)
 
     # start a session at the device from the dashboard; the result comes back through MQTT
     page.click("a[href='/devices/test-device']")
@@ -168,6 +167,14 @@ def test_every_view_with_a_replaying_device(stack, browser):
     assert wait_until(lambda: page.locator("#commands tr[data-outcome='ok']").count() == 2, 40), \
         page.inner_text("#commands")
     shot(page, "device")
+
+    # the device's retained info (software and model versions) and its latest status
+    def info_shown() -> bool:
+        page.goto(url + "/devices")
+        cells = page.locator("tr[data-device='test-device'] td")
+        return cells.nth(4).inner_text() != "–" and cells.nth(7).inner_text() != "–"
+    assert wait_until(info_shown, 40), page.inner_text("#devices")
+    shot(page, "devices", docs=True)
 
     # the patient list: the new patient and the long one (with its review flag)
     assert wait_until(lambda: (page.goto(url + "/patients") or True)

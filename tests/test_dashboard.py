@@ -520,3 +520,16 @@ def test_report_has_one_page_per_period_and_every_chart_stays_in_its_frame(app):
         xs += [float(x) for x in re.findall(r'<circle cx="(-?[\d.]+)"', html)]
         assert xs and all(charts.LEFT - 0.5 <= x <= charts.W - charts.RIGHT + 0.5 for x in xs), period
     assert c.get("/patients/P-1/report?period=week").status_code == 400
+
+
+def test_a_device_announcing_every_command_has_its_info_accepted():
+    """The Devices page shows software and model versions from `info`; a device that enables every
+    command (device.config.HUB_COMMANDS, resend included) must not have its info rejected."""
+    from device.config import HUB_COMMANDS
+    from device.contract import payloads
+    from hub.intake import Accepted, classify
+
+    info = payloads.info_payload("dev-1", 0, software_version="0.1.0", commands=HUB_COMMANDS,
+                                 models=[{"name": "face", "version": "1", "sha256": "ab" * 32}])
+    verdict = classify("affectbox", "affectbox/dev-1/info", payloads.encode(info), 65536)
+    assert isinstance(verdict, Accepted), verdict

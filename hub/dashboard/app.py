@@ -462,6 +462,7 @@ def create_app(config: HubConfig, engine: Engine, *, secret_key: bytes | None = 
         patient_arg(patient_id)
         data = load_course(patient_id, "month")
         document = fhir.bundle(patient_id, data["clinic_ref"], data["sessions"], data["questionnaires"])
+        fhir.validate(document)  # never hand out a Bundle the R4B models refuse
         note("export", patient_id, "FHIR R4 transaction Bundle")
         return Response(json.dumps(document, indent=1), mimetype="application/fhir+json",
                         headers={"Content-Disposition": f'attachment; filename="{patient_id}-fhir.json"'})

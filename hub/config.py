@@ -117,8 +117,8 @@ class DashboardConfig:
     login_failures_overall_per_minute: int = _opt(60, "failed logins from all clients per minute", min=1, max=100000)
     secret_key_file: str = _opt("", "file with the key for CSRF tokens (a credential file); empty = random "
                                     "per start (logins end at a restart anyway)")
-    silent_after_s: float = _opt(900.0, "a device marked online but heard from longer ago than this is shown "
-                                        "as silent", min=10, max=7 * 86400)
+    silent_after_s: float = _opt(180.0, "a device marked online but heard from longer ago than this is shown "
+                                        "as silent (devices send their status every 30 s)", min=10, max=7 * 86400)
     command_wait_s: float = _opt(30.0, "how long a start/stop command's result is awaited", min=1, max=600)
     baseline_sessions: int = _opt(8, "review rule: sessions that make a patient's baseline", min=2, max=100)
     ewma_lambda: float = _opt(0.3, "review rule: EWMA weight of the newest session", min=0.01, max=1.0)

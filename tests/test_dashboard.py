@@ -26,6 +26,7 @@ from hub.dashboard.app import create_app
 from hub.db import make_engine, upgrade
 from tests.daemon_harness import ROOT
 from tests.dash_support import History
+from tests.hub_support import PG_BIN, Postgres
 
 T0 = datetime(2025, 11, 3, 10, tzinfo=UTC)
 NOW = T0 + timedelta(weeks=30)
@@ -421,6 +422,17 @@ def test_migration_carries_the_dashboards_tables(tmp_path: Path):
     assert {"users", "audit_log", "questionnaires", "review_acks", "patient_refs", "commands_sent"} <= set(counts)
     assert counts["users"] == 1 and counts["audit_log"] == 1
     assert accounts.authenticate(target, "alice", ADMIN_PW) is not None
+    if PG_BIN is None:
+        return
+    pg = Postgres()  # and into PostgreSQL: the copied ids move its sequences on
+    try:
+        target = make_engine(pg.url)
+        migrate(engine, target)
+        audit.record(target, "alice", "login")
+        assert [r["id"] for r in audit.read(target)] == [2, 1]
+        target.dispose()
+    finally:
+        pg.close()
 
 
 def test_start_and_stop_commands_go_out_over_mqtt_and_show_their_result(record, tmp_path: Path):

@@ -19,6 +19,7 @@ import pytest
 from sqlalchemy import select
 
 from device.aggregate import NOT_A_DIAGNOSIS
+from device.web.security import COOKIE_NAME
 from hub import schema
 from hub.config import config_from_dict
 from hub.dashboard import accounts, fhir, research
@@ -72,7 +73,10 @@ def app(record):
 
 
 def login(client, name: str, password: str):
-    return client.post("/login", data={"username": name, "password": password, "next": "/patients"})
+    form = client.get("/login").get_data(as_text=True)
+    token = re.search(r'name="csrf_token" value="([^"]+)"', form).group(1)
+    return client.post("/login", data={"username": name, "password": password, "next": "/patients",
+                                       "csrf_token": token})
 
 
 def csrf(client, path: str = "/patients") -> str:
@@ -105,6 +109,17 @@ def test_pages_need_a_login_and_answer_with_security_headers(app):
     assert NOT_A_DIAGNOSIS in r.get_data(as_text=True)
     assert "<script" not in r.get_data(as_text=True)  # server-rendered: no script at all
     assert c.get("/healthz").status_code == 200
+
+
+def test_login_form_needs_its_own_token(app):
+    c = app.test_client()
+    r = c.post("/login", data={"username": "alice", "password": ADMIN_PW})  # a forged cross-site login
+    assert r.status_code == 403 and "expired" in text(r) and COOKIE_NAME not in r.headers.get("Set-Cookie", "")
+    other = app.test_client()  # another browser's form token does not work with this browser's cookie
+    token = re.search(r'name="csrf_token" value="([^"]+)"', other.get("/login").get_data(as_text=True)).group(1)
+    c.get("/login")
+    assert c.post("/login", data={"username": "alice", "password": ADMIN_PW, "csrf_token": token}).status_code == 403
+    assert login(c, "alice", ADMIN_PW).status_code == 303
 
 
 def test_login_failures_are_audited_and_rate_limited(app, record):

@@ -56,6 +56,7 @@ OPEN_ENDPOINTS = frozenset({"login_page", "login_submit", "static", "healthz", "
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 NOTICE_SHORT = NOT_A_DIAGNOSIS.split(". ")[0] + "."
 QUESTIONNAIRE_MAX = {"PHQ-9": 27, "GAD-7": 21}
+PRELOGIN_COOKIE = "affectbox_hub_prelogin"
 
 
 class PageError(Exception):
@@ -216,18 +217,33 @@ def create_app(config: HubConfig, engine: Engine, *, secret_key: bytes | None = 
         parts = urllib.parse.urlsplit(target)
         return "/" if parts.scheme or parts.netloc or any(ord(c) < 32 for c in target) else target
 
+    def login_form(target: str, error: str | None, status: int = 200,
+                   headers: dict[str, str] | None = None) -> Response:
+        """The login page; its form carries a token tied to a pre-login cookie (login CSRF)."""
+        pre = request.cookies.get(PRELOGIN_COOKIE) or ""
+        if not 20 <= len(pre) <= 128:
+            pre = secrets.token_urlsafe(32)
+        response = Response(page("login.html", "login", next=target, error=error, login_token=logins.csrf_for(pre)),
+                            status=status, mimetype="text/html", headers=headers)
+        response.set_cookie(PRELOGIN_COOKIE, pre, max_age=3600, path="/login", httponly=True, samesite="Strict",
+                            secure=request.is_secure)
+        return response
+
     @app.get("/login")
-    def login_page() -> str:
-        return page("login.html", "login", next=safe_next(request.args.get("next")), error=None)
+    def login_page() -> Response:
+        return login_form(safe_next(request.args.get("next")), None)
 
     @app.post("/login")
-    def login_submit() -> Response | tuple[str, int, dict[str, str]]:
+    def login_submit() -> Response:
         who = client_key(request.remote_addr)
         target = safe_next(request.form.get("next"))
+        pre = request.cookies.get(PRELOGIN_COOKIE) or ""
+        if not 20 <= len(pre) <= 128 or not logins.check_csrf(pre, request.form.get(CSRF_FIELD)):
+            return login_form(target, "The login form had expired; please log in again.", 403)
         wait = limiter.retry_after(who)
         if wait is not None:
-            return (page("login.html", "login", next=target, error=f"Too many failed logins; try again in {wait} s."),
-                    429, {"Retry-After": str(wait)})
+            return login_form(target, f"Too many failed logins; try again in {wait} s.", 429,
+                              {"Retry-After": str(wait)})
         name = (request.form.get("username") or "").strip().lower()
         password = request.form.get("password") or ""
         with verify_lock:
@@ -236,7 +252,7 @@ def create_app(config: HubConfig, engine: Engine, *, secret_key: bytes | None = 
             limiter.failed(who)
             audit.record(engine, name[:64] if accounts.USERNAME_RE.fullmatch(name) else None, "login_failed",
                          client=request.remote_addr)
-            return page("login.html", "login", next=target, error="Wrong user name or password."), 401, {}
+            return login_form(target, "Wrong user name or password.", 401)
         logins.end(request.cookies.get(COOKIE_NAME))
         token, current = logins.create()
         if len(who_by_login) > 4 * 256:  # forget logins LoginSessions has dropped
@@ -245,6 +261,7 @@ def create_app(config: HubConfig, engine: Engine, *, secret_key: bytes | None = 
         who_by_login[current.csrf_token] = person.username
         audit.record(engine, person.username, "login", client=request.remote_addr)
         response = redirect(target, code=303)
+        response.delete_cookie(PRELOGIN_COOKIE, path="/login")
         response.set_cookie(COOKIE_NAME, token, max_age=int(lifetime_s), path="/", httponly=True, samesite="Strict",
                             secure=request.is_secure)
         return response

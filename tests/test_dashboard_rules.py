@@ -130,3 +130,15 @@ def test_variability_and_model_change_markers():
     data = course.course(points, chart, "month")
     assert data["between_sd"] == pytest.approx(0.0) and data["model_changes"] == changes
     assert data["baseline"]["n"] == 5
+
+
+def test_timeline_lines_break_where_a_window_has_no_estimate():
+    from hub.dashboard import charts
+
+    def w(i, mood):
+        return {"start_s": 10.0 * i, "end_s": 10.0 * (i + 1), "has_mood": mood, "dominant": "sad" if mood else None,
+                "valence": -0.3 if mood else None, "arousal": 0.1 if mood else None}
+    svg = str(charts.timeline([w(0, True), w(1, True), w(2, False), w(3, True), w(4, True), w(5, False), w(6, True)]))
+    assert svg.count("<polyline") == 4  # valence and arousal, each in two runs
+    assert svg.count("<circle") == 2  # the lone last window of each line
+    assert svg.count(f'fill="{charts.NO_MOOD_COLOUR}"') == 2  # the strip shows the gaps

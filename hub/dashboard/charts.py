@@ -214,10 +214,18 @@ def timeline(windows: Sequence[Mapping[str, Any]]) -> Markup:
         svg.add("line", x1=LEFT, x2=W - RIGHT, y1=_f(y(v)), y2=_f(y(v)), class_="zero-line" if v == 0 else "grid-line")
         svg.add("text", x=LEFT - 6, y=_f(y(v) + 4), text_anchor="end", text=str(v))
     for key, col in (("valence", VALENCE_COLOUR), ("arousal", AROUSAL_COLOUR)):
-        line = [(x((w["start_s"] + w["end_s"]) / 2), y(w[key])) for w in windows if w.get(key) is not None]
-        if line:
-            svg.add("polyline", points=" ".join(f"{_f(a)},{_f(b)}" for a, b in line), fill="none", stroke=col,
-                    stroke_width="2", title=key)
+        runs: list[list[tuple[float, float]]] = [[]]
+        for w in windows:  # a window without an estimate breaks the line: nothing is drawn across it
+            if w.get(key) is None or not w["has_mood"]:
+                runs.append([])
+            else:
+                runs[-1].append((x((w["start_s"] + w["end_s"]) / 2), y(w[key])))
+        for line in (r for r in runs if r):
+            if len(line) == 1:
+                svg.add("circle", cx=_f(line[0][0]), cy=_f(line[0][1]), r="2.5", fill=col, title=key)
+            else:
+                svg.add("polyline", points=" ".join(f"{_f(a)},{_f(b)}" for a, b in line), fill="none", stroke=col,
+                        stroke_width="2", title=key)
     for s in range(0, int(end) + 1, max(60, int(end / 6) // 60 * 60 or 60)):
         svg.add("text", x=_f(x(s)), y=212, text_anchor="middle", text=f"{s // 60} min")
     return svg.done()

@@ -150,7 +150,7 @@ class SessionPoint:
 
     @property
     def model_signature(self) -> str:
-        return ", ".join(f"{n} {v}" for n, v in sorted(self.models.items())) or "unknown"
+        return ", ".join(f"{n} {v}" if v else n for n, v in sorted(self.models.items())) or "unknown"
 
 
 def _info_history(conn: Connection, device_ids: set[str]) -> dict[str, list[tuple[str, dict[str, Any]]]]:

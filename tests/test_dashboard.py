@@ -168,6 +168,8 @@ def test_posts_need_the_csrf_token_and_roles_are_enforced(app):
 def test_devices_show_failing_and_silent_devices_first(app):
     c = app.test_client()
     login(c, "bob", CLIN_PW)
+    html = c.get("/devices").get_data(as_text=True)
+    assert '<meta http-equiv="refresh" content="30">' in html  # a device falling silent shows without a reload
     page = text(c.get("/devices"))
     assert "2 devices need attention: room-b (silent), room-a (attention)" in page
     assert "camera: no frames for 30 s" in page and "throttled" in page and "81 °C" in page
@@ -478,7 +480,7 @@ def test_start_and_stop_commands_go_out_over_mqtt_and_show_their_result(record, 
         assert message.topic == "affectbox/room-a/cmd/start_session" and not message.retain
         assert body["patient_id"] == "P-9" and body["max_duration_s"] == 1200
         page = c.get("/devices/room-a").get_data(as_text=True)
-        assert 'data-outcome="waiting"' in page and 'http-equiv="refresh"' in page
+        assert 'data-outcome="waiting"' in page and '<meta http-equiv="refresh" content="2">' in page
         # the device's answer, as the collector stores it
         result = {"schema": 1, "kind": "command_result", "event_id": "0b3e2a5c-0000-4000-8000-000000000001",
                   "device_id": "room-a", "session_id": None, "seq": 900, "ts": "2026-06-01T10:00:00.000Z",

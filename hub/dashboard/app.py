@@ -57,6 +57,8 @@ STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 NOTICE_SHORT = NOT_A_DIAGNOSIS.split(". ")[0] + "."
 QUESTIONNAIRE_MAX = {"PHQ-9": 27, "GAD-7": 21}
 PRELOGIN_COOKIE = "affectbox_hub_prelogin"
+DEVICES_REFRESH_S = 30  # the Devices list reloads itself (devices report every 30 s)
+COMMAND_REFRESH_S = 2  # while a command's result is awaited
 
 
 class PageError(Exception):
@@ -286,7 +288,7 @@ def create_app(config: HubConfig, engine: Engine, *, secret_key: bytes | None = 
     def devices_page() -> str:
         with engine.connect() as conn:
             rows = records.devices(conn, now(), d.silent_after_s)
-        return page("devices.html", "devices", devices=rows)
+        return page("devices.html", "devices", devices=rows, refresh=DEVICES_REFRESH_S)  # silence shows by itself
 
     @app.get("/devices/<device_id>")
     def device_page(device_id: str) -> str:
@@ -296,7 +298,9 @@ def create_app(config: HubConfig, engine: Engine, *, secret_key: bytes | None = 
             fail(404, f"no device {device_id[:64]!r}")
         recent = commands.recent(engine, device_id, _ago_iso(now(), d.command_wait_s))
         waiting = any(r["waiting"] for r in recent)
-        return page("device.html", "devices", device=rows[0], recent=recent, refresh=waiting)
+        # reloads only while a result is awaited (not while someone types a patient id into the form)
+        return page("device.html", "devices", device=rows[0], recent=recent,
+                    refresh=COMMAND_REFRESH_S if waiting else None)
 
     def _command(device_id: str, command: str) -> Response:
         with engine.connect() as conn:

@@ -33,12 +33,9 @@ from device.audio.prosody import window_prosody
 from device.config import AggregationConfig, FusionConfig
 from device.fusion import ModalityEstimate, fuse
 from device.labels import LABELS, NUM_LABELS, valence_arousal
+from device.notice import NOT_A_DIAGNOSIS
 from device.observation import Observation
 
-NOT_A_DIAGNOSIS = (
-    "affectbox supports clinical judgment; it does not diagnose. Mood estimates from facial expression "
-    "and voice are probabilistic and can be wrong, especially for people unlike its training data."
-)
 # speech attributed to someone else (device/voice): counted per window, never analysed
 OTHER_SPEECH = "other_speech"
 # per-window prosody measures averaged into the session summary, weighted by speech time

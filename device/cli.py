@@ -17,8 +17,7 @@ from device import __version__
 from device.cli_args import DEFAULT_CONFIG, bounded, daemon_config
 from device.config import describe_defaults, load_config
 from device.errors import AffectboxError
-
-NOTICE = "affectbox supports clinical judgment; it does not diagnose."
+from device.notice import NOTICE_SHORT as NOTICE
 
 
 def _progress_bar(description: str, quiet: bool, unit: str = "frame"

@@ -16,8 +16,7 @@ from typing import Any
 from device.cli_args import bounded
 from device.config import DEFAULT_CONFIG_PATH, load_config
 from device.errors import AffectboxError
-
-NOTICE = "affectbox supports clinical judgment; it does not diagnose."
+from device.notice import NOTICE_SHORT as NOTICE
 
 # Flags that change something (anything else is --check, --json, --timeout, --no-prompt, paths).
 _CHANGE_FLAGS = ("device_id", "site", "room", "hub_host", "no_hub", "hub_port", "hub_tls", "hub_protocol",

@@ -37,8 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from device.aggregate import NOT_A_DIAGNOSIS
 from device.labels import LABELS
+from device.notice import NOT_A_DIAGNOSIS
 
 MAX_POINTS = 600  # most points per probability line; longer timelines are averaged into time bins
 

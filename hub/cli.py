@@ -225,6 +225,7 @@ def build_parser() -> argparse.ArgumentParser:
     restore = command("restore", cmd_restore, "restore a backup into a new SQLite file or an empty PostgreSQL")
     restore.add_argument("backup", type=Path)
     restore.add_argument("--to", required=True, help="target URL (sqlite:////new/file.db or postgresql://...)")
+    add_dashboard_commands(sub, command)
     return parser
 
 
@@ -246,3 +247,133 @@ def main(argv: list[str] | None = None) -> int:
         for engine in _ENGINES:
             engine.dispose()
             give_back_sqlite_files(engine)
+
+
+# ---- the dashboard (hub/dashboard/): people, serving, audit, exports -------------------------------------------
+
+def _password(args: argparse.Namespace) -> str:
+    import getpass
+
+    if args.password_stdin:
+        return sys.stdin.readline().rstrip("\n")
+    first = getpass.getpass("password: ")
+    if getpass.getpass("again: ") != first:
+        raise AffectboxError("the two passwords differ")
+    return first
+
+
+def cmd_user(args: argparse.Namespace) -> int:
+    from hub.dashboard import accounts
+
+    engine = _engine(_config(args))
+    if args.user_command == "add":
+        accounts.add_user(engine, args.username, args.role, _password(args))
+        print(f"user {args.username} added ({args.role})")
+    elif args.user_command == "passwd":
+        accounts.set_password(engine, args.username, _password(args))
+        print(f"password of {args.username} changed")
+    elif args.user_command in ("disable", "enable"):
+        accounts.set_active(engine, args.username, args.user_command == "enable")
+        print(f"user {args.username} {args.user_command}d")
+    else:
+        _print(accounts.list_users(engine), args.json)
+    return 0
+
+
+def cmd_dashboard(args: argparse.Namespace) -> int:
+    from hub.dashboard.server import serve
+
+    config = _config(args)
+    logging.basicConfig(level=config.service.log_level.upper(), stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    serve(config, _engine(config))
+    return 0
+
+
+def cmd_audit(args: argparse.Namespace) -> int:
+    from hub.dashboard import audit
+
+    _print(audit.read(_engine(_config(args)), patient_id=args.patient, username=args.user, limit=args.limit), args.json)
+    return 0
+
+
+def cmd_fhir(args: argparse.Namespace) -> int:
+    from hub.dashboard import fhir
+    from hub.dashboard.app import questionnaires
+    from hub.dashboard.records import clinic_ref, patient_sessions
+
+    config = _config(args)
+    engine = _engine(config)
+    with engine.connect() as conn:
+        points = patient_sessions(conn, args.patient)
+        document = fhir.bundle(args.patient, clinic_ref(conn, args.patient), points,
+                               questionnaires(conn, args.patient))
+    fhir.validate(document)
+    if args.out:
+        args.out.write_text(json.dumps(document, indent=1), encoding="utf-8")
+        print(f"{len(document['entry'])} entries written to {args.out}")
+    if args.deliver:
+        d = config.dashboard
+        if not d.fhir_url:
+            raise AffectboxError("dashboard.fhir_url is not set")
+        token = Path(d.fhir_token_file).read_text(encoding="utf-8").strip() if d.fhir_token_file else None
+        answer = fhir.deliver(document, d.fhir_url, token)
+        print(f"delivered {len(document['entry'])} entries to {d.fhir_url}: "
+              f"{len(answer.get('entry') or [])} answered")
+    from hub.dashboard import audit
+
+    audit.record(engine, args.as_user, "export", patient_id=args.patient, target="FHIR (command line)")
+    return 0
+
+
+def cmd_export(args: argparse.Namespace) -> int:
+    from hub.dashboard import audit, research
+
+    engine = _engine(_config(args))
+    with engine.connect() as conn:
+        rows = research.table(conn, args.level, with_mapping=args.mapping)
+    with args.out.open("wb") as out:
+        research.write(rows, out, args.format, args.level, args.mapping)
+    args.out.with_suffix(".codebook.md").write_text(research.codebook_markdown(), encoding="utf-8")
+    audit.record(engine, args.as_user, "export", target=f"research {args.level}.{args.format} (command line)"
+                 + (" with clinic mapping" if args.mapping else ""))
+    print(f"{len(rows)} rows written to {args.out} (codebook beside it)")
+    return 0
+
+
+def add_dashboard_commands(sub: Any, command: Any) -> None:
+    """The dashboard's subcommands (`user`, `dashboard`, `audit`, `fhir`, `export`)."""
+    from hub.dashboard.accounts import ROLES
+    from hub.dashboard.research import LEVELS
+
+    user = command("user", cmd_user, "dashboard accounts: add, passwd, list, disable, enable")
+    usub = user.add_subparsers(dest="user_command", required=True)
+    for name, text in (("add", "add a person"), ("passwd", "set a new password"), ("disable", "stop a login"),
+                       ("enable", "allow a disabled login again"), ("list", "every account")):
+        p = usub.add_parser(name, help=text)
+        p.add_argument("--config", type=Path, default=argparse.SUPPRESS)
+        if name != "list":
+            p.add_argument("username")
+        if name == "add":
+            p.add_argument("--role", choices=ROLES, required=True)
+        if name in ("add", "passwd"):
+            p.add_argument("--password-stdin", action="store_true", help="read the password from one line of stdin")
+        if name == "list":
+            p.add_argument("--json", action="store_true")
+    command("dashboard", cmd_dashboard, "serve the clinicians' dashboard until stopped")
+    audit_p = command("audit", cmd_audit, "who viewed or exported which patient's data")
+    audit_p.add_argument("--patient")
+    audit_p.add_argument("--user")
+    audit_p.add_argument("--limit", type=int, default=200)
+    audit_p.add_argument("--json", action="store_true")
+    fhir_p = command("fhir", cmd_fhir, "a patient's sessions and scores as a FHIR R4 transaction Bundle")
+    fhir_p.add_argument("patient")
+    fhir_p.add_argument("--out", type=Path)
+    fhir_p.add_argument("--deliver", action="store_true", help="POST it to dashboard.fhir_url (idempotent)")
+    fhir_p.add_argument("--as-user", default="cli", help="name recorded in the audit log")
+    export_p = command("export", cmd_export, "a research table (window, session or patient-month)")
+    export_p.add_argument("level", choices=LEVELS)
+    export_p.add_argument("--format", choices=("csv", "parquet"), default="csv")
+    export_p.add_argument("--out", type=Path, required=True)
+    export_p.add_argument("--mapping", action="store_true", help="add the clinic reference (administrators)")
+    export_p.add_argument("--as-user", default="cli", help="name recorded in the audit log")

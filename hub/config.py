@@ -107,6 +107,31 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True)
+class DashboardConfig:
+    """The clinicians' dashboard (`affectbox-hub dashboard`, hub/dashboard/)."""
+
+    bind: str = _opt("127.0.0.1", "address the dashboard listens on (behind the clinic's TLS proxy)")
+    port: int = _opt(8480, "dashboard port", min=1, max=65535)
+    session_minutes: float = _opt(30.0, "a login expires this long after it was made", min=1, max=24 * 60)
+    login_attempts_per_minute: int = _opt(5, "failed logins per client and minute", min=1, max=1000)
+    login_failures_overall_per_minute: int = _opt(60, "failed logins from all clients per minute", min=1, max=100000)
+    secret_key_file: str = _opt("", "file with the key for CSRF tokens (a credential file); empty = random "
+                                    "per start (logins end at a restart anyway)")
+    silent_after_s: float = _opt(180.0, "a device marked online but heard from longer ago than this is shown "
+                                        "as silent (devices send their status every 30 s)", min=10, max=7 * 86400)
+    command_wait_s: float = _opt(30.0, "how long a start/stop command's result is awaited", min=1, max=600)
+    baseline_sessions: int = _opt(8, "review rule: sessions that make a patient's baseline", min=2, max=100)
+    ewma_lambda: float = _opt(0.3, "review rule: EWMA weight of the newest session", min=0.01, max=1.0)
+    ewma_limit_sds: float = _opt(3.0, "review rule: lower control limit in baseline SDs", min=0.5, max=10)
+    run_length: int = _opt(2, "review rule: sessions below the limit in a row that suggest a review",
+                           min=1, max=20)
+    min_coverage: float = _opt(0.3, "review rule: sessions with less mood coverage do not count", min=0, max=1)
+    fhir_url: str = _opt("", "FHIR R4 server base URL for `affectbox-hub fhir --deliver`; empty = none")
+    fhir_token_file: str = _opt("", "file with a bearer token for the FHIR server (a credential file)")
+    chromium: str = _opt("/usr/bin/chromium", "headless Chromium that prints the PDF reports")
+
+
+@dataclass(frozen=True)
 class HubConfig:
     mqtt: MqttConfig = field(default_factory=MqttConfig)
     database: DatabaseConfig = field(default_factory=DatabaseConfig)
@@ -114,6 +139,7 @@ class HubConfig:
     admission: AdmissionConfig = field(default_factory=AdmissionConfig)
     completeness: CompletenessConfig = field(default_factory=CompletenessConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    dashboard: DashboardConfig = field(default_factory=DashboardConfig)
 
     @property
     def broker_port(self) -> int:

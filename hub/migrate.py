@@ -21,7 +21,7 @@ from hub import schema
 from hub.db import safe_url, upgrade
 from hub.derive import rebuild
 
-COPIED = (schema.devices, schema.events_raw, schema.rejected, schema.resend_requests)
+COPIED = (schema.devices, schema.events_raw, schema.rejected, schema.resend_requests, *schema.DASHBOARD_TABLES)
 PAGE = 2000
 
 
@@ -67,8 +67,9 @@ def migrate(source: Engine, target: Engine) -> dict[str, int]:
                 dst.execute(table.insert(), rows)
                 last = tuple(rows[-1][c.name] for c in offset_key)
         if dst.dialect.name == "postgresql":  # copied ids: move the sequence past them
-            dst.exec_driver_sql("SELECT setval(pg_get_serial_sequence('rejected', 'id'), "
-                                "coalesce((SELECT max(id) FROM rejected), 0) + 1, false)")
+            for name in ("rejected", "audit_log", "review_acks", "questionnaires"):
+                dst.exec_driver_sql(f"SELECT setval(pg_get_serial_sequence('{name}', 'id'), "
+                                    f"coalesce((SELECT max(id) FROM {name}), 0) + 1, false)")
         rebuild(dst)
         # the completeness checker's verdicts are not derived from events: carry them over
         s = schema.sessions.c

@@ -180,3 +180,73 @@ Index("resend_by_session", resend_requests.c.device_id, resend_requests.c.sessio
 
 # tables derived from events_raw (emptied and refilled by a rebuild), in delete order
 DERIVED = (windows, summaries, status_history, command_results, sessions)
+
+# ---- the dashboard's own tables (hub/dashboard/, migration 0002): not derived from events_raw ----------------
+# People, their actions and what clinicians entered. Never sent to devices; `patient_refs` is the
+# sensitive mapping from a device's opaque patient id to the clinic's own reference.
+
+users = Table(
+    "users", metadata,
+    Column("username", ID, primary_key=True),
+    Column("role", String(16), nullable=False),  # clinician | administrator
+    Column("password_hash", String(256), nullable=False),  # device.credentials scrypt line
+    Column("active", Boolean, nullable=False, default=True),
+    Column("created_at", TIME, nullable=False),
+    Column("password_changed_at", TIME, nullable=False),
+    Column("disabled_at", TIME, nullable=True),
+)
+
+audit_log = Table(
+    "audit_log", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("at", TIME, nullable=False),
+    Column("username", ID, nullable=True),  # None for a failed login with an unknown name
+    Column("action", String(32), nullable=False),  # login | view | export | command | admin ...
+    Column("patient_id", ID, nullable=True),
+    Column("target", String(256), nullable=True),  # what was viewed or exported (a path, a format)
+    Column("client", String(64), nullable=True),
+)
+Index("audit_by_patient", audit_log.c.patient_id, audit_log.c.at)
+
+patient_refs = Table(
+    "patient_refs", metadata,
+    Column("patient_id", ID, primary_key=True),
+    Column("clinic_ref", String(128), nullable=False),
+    Column("updated_at", TIME, nullable=False),
+    Column("updated_by", ID, nullable=False),
+)
+
+review_acks = Table(
+    "review_acks", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("patient_id", ID, nullable=False),
+    Column("flag_key", String(160), nullable=False),  # device_id/session_id of the session that raised it
+    Column("at", TIME, nullable=False),
+    Column("username", ID, nullable=False),
+    Column("note", Text, nullable=False),
+    UniqueConstraint("patient_id", "flag_key", name="review_acks_once"),
+)
+
+questionnaires = Table(
+    "questionnaires", metadata,
+    Column("id", Integer, primary_key=True, autoincrement=True),
+    Column("patient_id", ID, nullable=False),
+    Column("instrument", String(8), nullable=False),  # PHQ-9 | GAD-7
+    Column("total", Integer, nullable=False),
+    Column("taken_on", String(10), nullable=False),  # ISO date
+    Column("entered_by", ID, nullable=False),
+    Column("entered_at", TIME, nullable=False),
+)
+Index("questionnaires_by_patient", questionnaires.c.patient_id, questionnaires.c.taken_on)
+
+commands_sent = Table(
+    "commands_sent", metadata,
+    Column("request_id", String(64), primary_key=True),
+    Column("device_id", ID, nullable=False),
+    Column("command", String(32), nullable=False),
+    Column("patient_id", ID, nullable=True),
+    Column("username", ID, nullable=False),
+    Column("sent_at", TIME, nullable=False),
+)
+
+DASHBOARD_TABLES = (users, audit_log, patient_refs, review_acks, questionnaires, commands_sent)

@@ -32,8 +32,8 @@ import pytest
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from sqlalchemy import create_engine, select, text
 
-from device.aggregate import NOT_A_DIAGNOSIS
 from device.contract import payloads
+from device.notice import NOT_A_DIAGNOSIS
 from tests.daemon_harness import ROOT, NotifySocket, wait_until
 from tests.mqtt_support import HOST, free_port
 

@@ -20,9 +20,10 @@ from typing import Any
 import numpy as np
 import pytest
 
-from device.aggregate import NOT_A_DIAGNOSIS, WindowAggregator, summarize
+from device.aggregate import WindowAggregator, summarize
 from device.config import AggregationConfig, FusionConfig, SpeechConfig
 from device.labels import LABELS
+from device.notice import NOT_A_DIAGNOSIS
 from device.observation import Observation
 from device.report import MAX_POINTS, bin_probabilities, clock, render_report, timeline_arrays, utterances
 

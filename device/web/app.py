@@ -28,10 +28,10 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from device import __version__
-from device.aggregate import NOT_A_DIAGNOSIS
 from device.credentials import parse_password_hash
 from device.errors import AffectboxError
 from device.labels import LABELS, VALENCE_AROUSAL
+from device.notice import NOT_A_DIAGNOSIS, NOTICE_SHORT
 from device.report import LABEL_COLOURS
 from device.safe_json import JSONLimitError, loads_bounded
 from device.store import (
@@ -58,6 +58,7 @@ from device.web.security import (
     PasswordVerifier,
     VerifierBusy,
     client_key,
+    set_security_headers,
 )
 
 log = logging.getLogger(__name__)
@@ -66,13 +67,10 @@ MAX_BODY_BYTES = 16 * 1024
 MAX_PASSWORD_CHARS = 1024
 SESSION_LIST_DEFAULT = 50
 SESSION_LIST_MAX = 500
-NOTICE_SHORT = "affectbox supports clinical judgment; it does not diagnose."
 PACKAGE_DIR = Path(__file__).resolve().parent
 VOICE_RECORD_SECONDS = 25  # what a clinician records once at the device (docs/PRIVACY.md)
 OPEN_ENDPOINTS = frozenset({"api_health", "login_page", "api_login", "static"})
 STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
-CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
-       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 COMPACT_WINDOW_KEYS = ("index", "start", "end", "has_mood", "dominant", "valence", "arousal")
 START_FIELDS = frozenset({"patient_id", "consent", "max_duration_minutes", CSRF_FIELD})
 TRUE_WORDS = frozenset({"1", "true", "on", "yes"})
@@ -258,21 +256,9 @@ def create_app(control: ApplianceControl, *, password_hash: str | None, secret_k
 
     @app.after_request
     def headers(response: Response) -> Response:
-        h = response.headers
-        h["Content-Security-Policy"] = CSP
-        h["X-Frame-Options"] = "DENY"
-        h["X-Content-Type-Options"] = "nosniff"
-        h["Referrer-Policy"] = "no-referrer"
-        h["Cross-Origin-Opener-Policy"] = "same-origin"
-        h["Cross-Origin-Resource-Policy"] = "same-origin"
-        h["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
-        if "Location" in h:  # redirects stay on this device, whatever Host header a request sent
-            h["Location"] = local_location(h["Location"])
-        if request.endpoint == "static":
-            h["Cache-Control"] = "no-cache"  # revalidate (ETag): no patient data, but fresh after an upgrade
-        else:
-            h["Cache-Control"] = "no-store"  # pages and API carry patient data
-            h["Pragma"] = "no-cache"
+        set_security_headers(response.headers, static=request.endpoint == "static")  # type: ignore[arg-type]
+        if "Location" in response.headers:  # redirects stay on this device, whatever Host header a request sent
+            response.headers["Location"] = local_location(response.headers["Location"])
         return response
 
     @app.teardown_appcontext

@@ -25,7 +25,7 @@ import secrets
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, MutableMapping
 from dataclasses import dataclass
 
 from device.credentials import verify_password
@@ -34,6 +34,8 @@ COOKIE_NAME = "affectbox_login"
 CSRF_HEADER = "X-CSRF-Token"
 CSRF_FIELD = "csrf_token"
 MAX_LOGINS = 32  # live login sessions kept; the oldest is dropped beyond this
+CSP = ("default-src 'self'; script-src 'self'; style-src 'self'; img-src 'self' data:; connect-src 'self'; "
+       "object-src 'none'; base-uri 'none'; form-action 'self'; frame-ancestors 'none'")
 
 
 @dataclass(frozen=True)
@@ -288,3 +290,20 @@ class PasswordVerifier:
             finally:
                 del password
                 _release_freed_memory()
+
+
+def set_security_headers(headers: MutableMapping[str, str], *, static: bool) -> None:
+    """The page's security headers (CSP, no framing or sniffing, no referrer) and its caching rule:
+    static files revalidate, everything else carries patient data and is never stored."""
+    headers["Content-Security-Policy"] = CSP
+    headers["X-Frame-Options"] = "DENY"
+    headers["X-Content-Type-Options"] = "nosniff"
+    headers["Referrer-Policy"] = "no-referrer"
+    headers["Cross-Origin-Opener-Policy"] = "same-origin"
+    headers["Cross-Origin-Resource-Policy"] = "same-origin"
+    headers["Permissions-Policy"] = "camera=(), microphone=(), geolocation=()"
+    if static:
+        headers["Cache-Control"] = "no-cache"  # revalidate (ETag): no patient data, but fresh after an upgrade
+    else:
+        headers["Cache-Control"] = "no-store"  # pages and API carry patient data
+        headers["Pragma"] = "no-cache"

@@ -80,8 +80,13 @@ def derive(conn: Connection, row: dict[str, Any]) -> None:
             conn.execute(update(schema.devices).where(schema.devices.c.device_id == p["device_id"]).values(
                 status_event_id=p["event_id"], status_state=p["state"], outbox_dropped=_json(outbox.get("dropped"))))
     elif kind == "info":
-        conn.execute(update(schema.devices).where(schema.devices.c.device_id == p["device_id"]).values(
-            info_event_id=p["event_id"], software_version=p.get("software_version")))
+        # only the device's newest info counts, whatever order a rebuild replays them in
+        raw = schema.events_raw.c
+        newest = conn.execute(select(raw.event_id).where(raw.device_id == p["device_id"], raw.kind == "info")
+                              .order_by(raw.received_at.desc(), raw.seq.desc()).limit(1)).scalar()
+        if newest == p["event_id"]:
+            conn.execute(update(schema.devices).where(schema.devices.c.device_id == p["device_id"]).values(
+                info_event_id=p["event_id"], software_version=p.get("software_version")))
     elif kind == "command_result":
         body = p.get("result") if p.get("ok") else p.get("error")
         conn.execute(insert_ignoring_conflicts(conn, schema.command_results).values(

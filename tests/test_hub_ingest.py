@@ -289,3 +289,20 @@ def test_accepted_versions_follow_the_contract_schemas(monkeypatch):
     finally:
         hub.intake.accepted_versions.cache_clear()
         hub.intake._validator.cache_clear()
+
+
+def test_the_newest_info_wins_whatever_order_a_rebuild_replays(tmp_path: Path):
+    _config, engine, writer = setup_hub(tmp_path)
+    infos = [payloads.info_payload("sim-1", seq, software_version=f"0.{seq}.0") for seq in range(1, 6)]
+    writer.store(deliveries([("affectbox/sim-1/info", p) for p in infos]))
+
+    def held() -> tuple[str, str]:
+        with engine.connect() as conn:
+            row = conn.execute(select(schema.devices.c.info_event_id, schema.devices.c.software_version)
+                               .where(schema.devices.c.device_id == "sim-1")).one()
+        return row[0], row[1]
+
+    assert held() == (infos[-1]["event_id"], "0.5.0")
+    with engine.begin() as conn:  # rebuild replays by event_id (random v4): any order of the five
+        rebuild(conn)
+    assert held() == (infos[-1]["event_id"], "0.5.0")

@@ -120,6 +120,7 @@ class Daemon:
         self.camera_name = "none"
         self.microphone_name = "none"
         self._stop = threading.Event()
+        self.stop_reason: str | None = None
         self._last_status_line = ""
         self._status_error: str | None = None
 
@@ -267,7 +268,10 @@ class Daemon:
 
     # ---- running ------------------------------------------------------------------------------
 
-    def request_stop(self, *_: Any) -> None:
+    def request_stop(self, signum: int | None = None, _frame: Any = None) -> None:
+        """Ask the main loop to stop; as a signal handler, remember which signal (for the log line)."""
+        if signum is not None and self.stop_reason is None:
+            self.stop_reason = f"the service was stopped ({signal.Signals(signum).name})"
         self._stop.set()
 
     def wait(self) -> None:
@@ -524,6 +528,6 @@ def run_daemon(config: Config, *, replay_video: str | None = None, replay_audio:
         daemon.shutdown("start-up failed")
         raise
     daemon.wait()
-    daemon.shutdown("the service was stopped (SIGTERM)")
+    daemon.shutdown(daemon.stop_reason or "the service was stopped")
     return 0
 

@@ -1,7 +1,8 @@
 """`affectbox run`: build the appliance from its config, run it under systemd, stop it cleanly.
 
 Start-up order (each step fails with one line naming what is wrong):
-1. models (face, speech) loaded and checked against their manifests;
+1. models (face, speech) loaded and checked against their manifests, then run on their known-answer
+   inputs (device/inference/known_answer.py): a wrong answer stops the start with one line;
 2. the local record opened; sessions left `running` by a crash or power cut become `interrupted`
    (their windows are kept);
 3. the hub link (when enabled), which drains the outbox left by the previous run;
@@ -54,6 +55,7 @@ from device.health import Heartbeats, SystemdNotifier, WatchdogPetter, pi_health
 from device.identity import resolve_device_id
 from device.indicator import Indicator
 from device.inference.face import FaceAnalyzer
+from device.inference.known_answer import require_known_answers
 from device.inference.speech import SpeechAnalyzer
 from device.store import Store
 
@@ -179,6 +181,9 @@ class Daemon:
             models += [face.detector.model, face.classifier.model]
         if speech is not None:
             models.append(speech.classifier.model)
+        self.notifier.status("starting: checking the models' known answers")
+        for answer in require_known_answers(models):  # a wrong answer raises: never READY with it
+            log.log(logging.INFO if answer.status == "pass" else logging.WARNING, "known answer: %s", answer.detail)
         self.models = model_metadata(models)
         self.device_id = resolve_device_id(config.device)
 

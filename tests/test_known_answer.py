@@ -43,7 +43,7 @@ def test_every_model_carries_a_known_answer_that_this_runtime_gives(entry: dict)
     answer = known_answer.check(model)
     assert answer.status == "pass", answer.detail
     if entry["input"]["dtype"] in ("int8", "uint8"):
-        assert pair["tolerance"] == 0 and answer.max_difference == 0  # quantized models: bit-exact
+        assert pair["tolerance"] == known_answer.QUANTIZED_TOLERANCE_LSB
     # the recorded answer is a real computation, not a constant
     assert any(len(set(o["values"])) > 3 for o in pair["outputs"]), pair["outputs"]
 
@@ -68,11 +68,15 @@ def _face_model(manifest: dict):
 
 def test_a_wrong_answer_fails_in_one_line_naming_the_model():
     manifest = read_manifest(MODELS_DIR / "face_expression.json")
-    manifest["known_answer"]["outputs"][0]["values"][3] += 1  # one logit one LSB off
+    values = manifest["known_answer"]["outputs"][0]["values"]
+    values[2] += known_answer.QUANTIZED_TOLERANCE_LSB  # within the tolerance: passes, and says by how much
+    answer = known_answer.check(_face_model(manifest))
+    assert answer.status == "pass" and answer.detail.endswith(f"within {known_answer.QUANTIZED_TOLERANCE_LSB}")
+    values[3] += known_answer.QUANTIZED_TOLERANCE_LSB + 1  # one logit just beyond it
     answer = known_answer.check(_face_model(manifest))
     assert answer.status == "fail" and "\n" not in answer.detail
     assert answer.detail.startswith("affectbox_face_expression: wrong known answer: output 0 ")
-    assert "at 1 of 7 values, by up to 1 LSB" in answer.detail
+    assert f"at 1 of 7 values, by up to {known_answer.QUANTIZED_TOLERANCE_LSB + 1} LSB" in answer.detail
     with pytest.raises(ModelError, match="wrong known answer"):
         known_answer.require_known_answers([_face_model(manifest)])
 
@@ -118,7 +122,7 @@ def wrong_models(tmp_path: Path) -> Path:
     folder = tmp_path / "models"
     shutil.copytree(MODELS_DIR, folder, ignore=shutil.ignore_patterns("training", "*.md"))
     manifest = read_manifest(folder / "face_expression.json")
-    manifest["known_answer"]["outputs"][0]["values"][0] -= 2
+    manifest["known_answer"]["outputs"][0]["values"][0] -= 40  # as far off as QEMU 7.2's `max` CPU (115 LSB)
     (folder / "face_expression.json").write_text(json.dumps(manifest, indent=2) + "\n")
     return folder
 
@@ -149,7 +153,7 @@ def test_selftest_shows_the_answers_row(tmp_path: Path, wrong_models: Path):
     rows = {row["check"]: row for row in json.loads(good.stdout)["checks"]}
     assert rows["answers"]["status"] == "pass", rows["answers"]
     assert "models give the answers recorded at publishing (" in rows["answers"]["detail"]
-    assert "affectbox_face_expression 7 values exact" in rows["answers"]["detail"]
+    assert "affectbox_face_expression 7 values " in rows["answers"]["detail"]
     bad = selftest(wrong_models)
     assert bad.returncode == 1
     rows = {row["check"]: row for row in json.loads(bad.stdout)["checks"]}

@@ -10,9 +10,13 @@ The input is generated, not stored: bytes of SHA-256 in counter mode over the ma
 (the same on every platform, with no dependence on NumPy's random streams), taken as int8/uint8
 values, or mapped to [-1, 1] for float inputs. Outputs are recorded whole when small (the int8
 logits) and, when large, as evenly spaced samples plus the mean and mean absolute value of the
-whole tensor. Quantized outputs must match exactly (`tolerance` LSB, 0 as recorded); float outputs
-within `tolerance` times the output's largest magnitude, since float kernels may round differently
-between CPUs while a wrong kernel is off by far more.
+whole tensor. Quantized outputs within `tolerance` LSB (QUANTIZED_TOLERANCE_LSB), float outputs
+within `tolerance` times the output's largest magnitude. Measured (tests/test_arm64.py, FIELD_NOTES):
+LiteRT's XNNPACK kernels give the x86 answers bit for bit on an emulated Cortex-A72; LiteRT's other
+int8 kernels (taken when XNNPACK cannot read the CPU's description, e.g. without /sys) differ by up
+to 3 LSB on these inputs, a valid computation rounded differently; QEMU 7.2's `max` CPU model was
+off by 115 LSB. The tolerance accepts the second and refuses the third; `check` says whether the
+answer was exact.
 """
 
 from __future__ import annotations
@@ -32,6 +36,7 @@ GENERATOR = "sha256-counter"
 FULL_UP_TO = 64  # outputs with at most this many values are recorded whole
 SAMPLES = 32  # else this many evenly spaced values (plus mean and mean |x|)
 FLOAT_TOLERANCE = 1e-3  # relative to the output's largest magnitude
+QUANTIZED_TOLERANCE_LSB = 8
 
 
 def generated_bytes(seed: str, count: int) -> bytes:
@@ -88,7 +93,7 @@ def record(model: LoadedModel, seed: str) -> dict[str, Any]:
         "format": FORMAT,
         "input": {"generator": GENERATOR, "seed": seed},
         "outputs": [summarise(o) for o in outputs],
-        "tolerance": 0 if quantized else FLOAT_TOLERANCE,
+        "tolerance": QUANTIZED_TOLERANCE_LSB if quantized else FLOAT_TOLERANCE,
         "recorded_with": f"{runtime_name()} on {platform.machine()}",
     }
 

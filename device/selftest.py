@@ -6,8 +6,8 @@ Checks, in order (each one line in the table, all of them in `--json`):
   `global_camera_info()` and `sounddevice.query_devices()` where those import); informational.
 - `models`: the face detector, expression and speech-emotion models load and match the sha256 and
   input contract of their manifests (`FaceAnalyzer.from_config`, `SpeechAnalyzer.from_config`).
-- `answers`: each of those models on its manifest's known-answer input gives the output recorded
-  when it was published (device/inference/known_answer.py; the daemon refuses to start otherwise).
+- `answers`: every model of the manifests (whose file is there) on its known-answer input gives
+  the output recorded when it was published (device/inference/known_answer.py; the daemon refuses to start otherwise).
 - `camera`: frames from the configured camera (or `--camera-file`, replayed with `ReplayCamera`)
   for a few seconds; size, rate and brightness. `face`: the face pathway on those frames;
   the face's width in pixels.
@@ -371,8 +371,7 @@ def load_models(config: Config) -> list[Any]:
     return [face.detector.model, face.classifier.model, speech.classifier.model]
 
 
-def check_models(config: Config, loaded: list[Any] | None = None) -> CheckResult:
-    """`loaded` (filled here) hands the models on to the known-answer check."""
+def check_models(config: Config) -> CheckResult:
     from device.inference.runtime import runtime_name
 
     start = time.monotonic()
@@ -381,8 +380,6 @@ def check_models(config: Config, loaded: list[Any] | None = None) -> CheckResult
         runtime = runtime_name()
     except AffectboxError as exc:
         return CheckResult("models", "fail", str(exc))
-    if loaded is not None:
-        loaded[:] = models
     names = ", ".join(f"{m.spec.name} ({m.spec.sha256[:8]})" for m in models)
     return CheckResult("models", "pass", f"{len(models)} models load and match their manifests in "
                                          f"{time.monotonic() - start:.1f} s with {runtime}: {names}",
@@ -390,15 +387,15 @@ def check_models(config: Config, loaded: list[Any] | None = None) -> CheckResult
                                    for m in models]})
 
 
-def check_answers(config: Config, loaded: list[Any] | None = None) -> CheckResult:
-    """Each model on its manifest's known-answer input, as the daemon checks before READY."""
-    from device.inference.known_answer import check_all
+def check_answers(config: Config) -> CheckResult:
+    """Every model of the manifests on its known-answer input, as the daemon checks before READY."""
+    from device.inference.known_answer import check_models_dir
+    from device.inference.runtime import resolve_models_dir
 
     try:
-        models = loaded or load_models(config)
+        answers = check_models_dir(resolve_models_dir(config.runtime.models_dir))
     except AffectboxError as exc:
         return CheckResult("answers", "fail", f"models do not load: {exc}")
-    answers = check_all(models)
     data = {"models": [{"name": a.name, "status": a.status, "detail": a.detail} for a in answers]}
     failed = [a for a in answers if a.status == "fail"]
     if failed:
@@ -499,7 +496,6 @@ def check_power(options: SelftestOptions) -> CheckResult:
 def run_selftest(config: Config, options: SelftestOptions, device_id: str) -> Iterator[CheckResult]:
     """Each check's result, in table order (generated one at a time, so a terminal sees progress)."""
     wanted = [name for name in CHECKS if name not in options.skip]
-    loaded: list[Any] = []  # the models row's models, reused by the answers row
 
     def skipped(name: str) -> CheckResult:
         return CheckResult(name, "skip", f"skipped (--skip {name})")
@@ -513,9 +509,9 @@ def run_selftest(config: Config, options: SelftestOptions, device_id: str) -> It
         if name == "devices":
             yield check_devices(options)
         elif name == "models":
-            yield check_models(config, loaded)
+            yield check_models(config)
         elif name == "answers":
-            yield check_answers(config, loaded)
+            yield check_answers(config)
         elif name == "camera":
             if "camera" in options.skip:
                 yield skipped("camera")

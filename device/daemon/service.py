@@ -1,8 +1,9 @@
 """`affectbox run`: build the appliance from its config, run it under systemd, stop it cleanly.
 
 Start-up order (each step fails with one line naming what is wrong):
-1. models (face, speech) loaded and checked against their manifests, then run on their known-answer
-   inputs (device/inference/known_answer.py): a wrong answer stops the start with one line;
+1. models (face, speech) loaded and checked against their manifests, then every model described in
+   the manifests run on its known-answer input (device/inference/known_answer.py): a wrong answer
+   stops the start with one line;
 2. the local record opened; sessions left `running` by a crash or power cut become `interrupted`
    (their windows are kept);
 3. the hub link (when enabled), which drains the outbox left by the previous run;
@@ -56,6 +57,7 @@ from device.identity import resolve_device_id
 from device.indicator import Indicator
 from device.inference.face import FaceAnalyzer
 from device.inference.known_answer import require_known_answers
+from device.inference.runtime import resolve_models_dir
 from device.inference.speech import SpeechAnalyzer
 from device.store import Store
 
@@ -182,7 +184,8 @@ class Daemon:
         if speech is not None:
             models.append(speech.classifier.model)
         self.notifier.status("starting: checking the models' known answers")
-        for answer in require_known_answers(models):  # a wrong answer raises: never READY with it
+        models_dir = resolve_models_dir(config.runtime.models_dir)
+        for answer in require_known_answers(models_dir):  # a wrong answer raises: never READY with it
             log.log(logging.INFO if answer.status == "pass" else logging.WARNING, "known answer: %s", answer.detail)
         self.models = model_metadata(models)
         self.device_id = resolve_device_id(config.device)

@@ -24,12 +24,14 @@ from __future__ import annotations
 import hashlib
 import platform
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from device.assets import THIRD_PARTY_MANIFEST
 from device.errors import ModelError
-from device.inference.runtime import LoadedModel
+from device.inference.runtime import LoadedModel, ModelSpec, load_model, read_manifest
 
 FORMAT = 1
 GENERATOR = "sha256-counter"
@@ -161,14 +163,49 @@ def check(model: LoadedModel) -> Answer:
     return Answer(name, "pass", f"{name}: {compared} values {exact}", worst)
 
 
+def own_manifests(models_dir: Path) -> list[Path]:
+    """Our published models' manifests: every models/*.json naming a model file, third_party.json aside."""
+    found = []
+    for path in sorted(models_dir.glob("*.json")):
+        if path.name == THIRD_PARTY_MANIFEST:
+            continue
+        data = read_manifest(path)
+        if isinstance(data, dict) and "file" in data and "sha256" in data:
+            found.append(path)
+    return found
+
+
+def manifest_entries(models_dir: Path) -> list[dict[str, Any]]:
+    """Every model described in `models_dir`: our manifests, then third_party.json's entries."""
+    entries = [read_manifest(path) for path in own_manifests(models_dir)]
+    third_party = models_dir / THIRD_PARTY_MANIFEST
+    if third_party.is_file():
+        entries += [e for e in read_manifest(third_party).get("models", []) if isinstance(e, dict)]
+    return entries
+
+
 def check_all(models: list[LoadedModel]) -> list[Answer]:
     """Each model's answer, in order."""
     return [check(model) for model in models]
 
 
-def require_known_answers(models: list[LoadedModel]) -> list[Answer]:
+def check_models_dir(models_dir: Path, num_threads: int = 1) -> list[Answer]:
+    """The answer of every model described in `models_dir` whose file is there (generic over the
+    manifests, so a model added to them is checked without code naming it); a file not fetched is
+    `missing`. Each model is loaded (and its sha256 verified) for the check, then released."""
+    answers = []
+    for entry in manifest_entries(models_dir):
+        spec = ModelSpec.from_manifest(entry)
+        if not (models_dir / spec.file).is_file():
+            answers.append(Answer(spec.name, "missing", f"{spec.name}: file {spec.file} not fetched"))
+            continue
+        answers.append(check(load_model(spec, models_dir, num_threads)))
+    return answers
+
+
+def require_known_answers(models_dir: Path, num_threads: int = 1) -> list[Answer]:
     """Raise ModelError (one line) on the first wrong answer; models without a pair pass through."""
-    answers = check_all(models)
+    answers = check_models_dir(models_dir, num_threads)
     for answer in answers:
         if answer.status == "fail":
             raise ModelError(answer.detail)

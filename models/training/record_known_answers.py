@@ -26,6 +26,7 @@ if str(REPO) not in sys.path:
 
 from device.assets import THIRD_PARTY_MANIFEST  # noqa: E402
 from device.inference import known_answer  # noqa: E402
+from device.inference.known_answer import own_manifests  # noqa: E402
 from device.inference.runtime import LoadedModel, ModelSpec, load_model, read_manifest  # noqa: E402
 
 MODELS = REPO / "models"
@@ -33,18 +34,6 @@ MODELS = REPO / "models"
 
 def seed_for(manifest: dict[str, Any]) -> str:
     return f"affectbox known answer/{manifest['name']}/{manifest['sha256']}"
-
-
-def own_manifests(models_dir: Path) -> list[Path]:
-    """Our published models' manifests: every models/*.json naming a model file, third_party.json aside."""
-    found = []
-    for path in sorted(models_dir.glob("*.json")):
-        if path.name == THIRD_PARTY_MANIFEST:
-            continue
-        data = read_manifest(path)
-        if isinstance(data, dict) and "file" in data and "sha256" in data:
-            found.append(path)
-    return found
 
 
 def _loaded(manifest: dict[str, Any], models_dir: Path) -> LoadedModel:
@@ -96,10 +85,8 @@ def record_third_party(models_dir: Path, names: list[str] | None = None) -> list
 
 def check_everything(models_dir: Path) -> int:
     """Compare every model with its recorded pair; 1 when any is wrong or missing."""
-    entries = [read_manifest(p) for p in own_manifests(models_dir)]
-    entries += list(read_manifest(models_dir / THIRD_PARTY_MANIFEST)["models"])
     status = 0
-    for entry in entries:
+    for entry in known_answer.manifest_entries(models_dir):
         answer = known_answer.check(_loaded(entry, models_dir))
         print(f"{answer.status}: {answer.detail}")
         status |= answer.status != "pass"

@@ -40,6 +40,8 @@ PYTHON_CANDIDATES=(python3.11 python3.13 python3.12 python3)
 # chromium: tests/test_web_browser.py drives Debian's headless Chromium with Playwright (which never downloads one)
 # postgresql: the hub tests start a real PostgreSQL server (initdb in a temporary folder, tests/hub_support.py)
 DEV_APT_PACKAGES=(python3 python3-venv espeak-ng sox mosquitto mosquitto-clients openssl debootstrap chromium libportaudio2 postgresql)
+# qemu-user-static, binfmt-support: tests/test_arm64.py runs the appliance in an emulated arm64 root
+DEV_APT_PACKAGES+=(qemu-user-static binfmt-support)
 
 # The appliance (Raspberry Pi OS, or Debian for tests). python3-picamera2 comes from Raspberry Pi
 # OS's own archive and is installed where apt knows it (PI_OPTIONAL_APT_PACKAGES).
@@ -532,6 +534,55 @@ enable_service() {
     fi
 }
 
+# ---- picamera2 next to the venv's NumPy -----------------------------------------------------
+# apt's python3-picamera2 (Raspberry Pi OS) is pure Python, but it imports compiled helpers from
+# apt built against Debian's NumPy 1.24 (python3-simplejpeg), while the venv (--system-site-packages)
+# brings NumPy 2, which shadows apt's. Measured in an emulated arm64 Bookworm root with PyPI's
+# builds standing in for Raspberry Pi OS's (its archive is not reachable there): simplejpeg 1.6.6
+# built for NumPy 1 fails under NumPy 2.4 ("numpy.dtype size changed"); 1.8.2 works with both.
+# So: if picamera2 imports with the system's python3 but not in the venv, install the NumPy 2
+# builds of those helpers into the venv (PI_CAMERA_REQUIREMENTS) and try again; else stop in one line.
+PI_CAMERA_REQUIREMENTS=requirements/pi-camera.txt
+PICAMERA2_PROBE='
+import sys, traceback
+try:
+    import picamera2  # noqa: F401
+except Exception as exc:
+    frames = [f.filename for f in traceback.extract_tb(exc.__traceback__) if "-packages/" in f.filename]
+    where = frames[-1].split("-packages/", 1)[1].split("/", 1)[0] if frames else "?"
+    message = " ".join(str(exc).split())
+    print(f"{where}: {type(exc).__name__}: {message}")
+    sys.exit(1)
+import numpy
+print(numpy.__version__)
+'
+
+check_picamera2() {
+    STEP="picamera2"
+    local python=$VENV_DIR/bin/python out numpy
+    if [[ -n $R ]]; then
+        say "skip: picamera2 next to NumPy: not checked when installing into AFFECTBOX_ROOT"
+        return 0
+    fi
+    if ! /usr/bin/python3 -c 'import picamera2' >/dev/null 2>&1; then
+        say "skip: picamera2 next to NumPy: python3-picamera2 does not import with /usr/bin/python3 (not installed)"
+        return 0
+    fi
+    if out=$("$python" -c "$PICAMERA2_PROBE" 2>/dev/null); then
+        say "ok: apt's picamera2 imports in the venv (NumPy $out)"
+        return 0
+    fi
+    numpy=$("$python" -c 'import numpy; print(numpy.__version__)' 2>/dev/null || echo '?')
+    say "..: apt's picamera2 does not import next to the venv's NumPy $numpy ($out); installing $PI_CAMERA_REQUIREMENTS"
+    run_logged "pip install -r $PI_CAMERA_REQUIREMENTS" \
+        "$python" -m pip install --quiet --progress-bar off -r "$PI_CAMERA_REQUIREMENTS" -c requirements/pi-constraints.txt
+    if out=$("$python" -c "$PICAMERA2_PROBE" 2>/dev/null); then
+        say "ok: apt's picamera2 imports in the venv (NumPy $out, helpers from $PI_CAMERA_REQUIREMENTS)"
+        return 0
+    fi
+    die "apt's python3-picamera2 cannot be imported next to the venv's NumPy $numpy: $out"
+}
+
 setup_pi() {
     require_root
     check_pi_paths
@@ -552,6 +603,7 @@ setup_pi() {
     cd -- "$R$PREFIX/app"
     ensure_pi_venv
     install_pi_packages
+    check_picamera2
     export AFFECTBOX_CACHE=${AFFECTBOX_CACHE:-$R$PREFIX/cache}
     fetch_models
     install_config

@@ -6,6 +6,8 @@ Checks, in order (each one line in the table, all of them in `--json`):
   `global_camera_info()` and `sounddevice.query_devices()` where those import); informational.
 - `models`: the face detector, expression and speech-emotion models load and match the sha256 and
   input contract of their manifests (`FaceAnalyzer.from_config`, `SpeechAnalyzer.from_config`).
+- `answers`: every model of the manifests (whose file is there) on its known-answer input gives
+  the output recorded when it was published (device/inference/known_answer.py; the daemon refuses to start otherwise).
 - `camera`: frames from the configured camera (or `--camera-file`, replayed with `ReplayCamera`)
   for a few seconds; size, rate and brightness. `face`: the face pathway on those frames;
   the face's width in pixels.
@@ -41,7 +43,7 @@ import numpy as np
 from device.config import Config
 from device.errors import AffectboxError
 
-CHECKS = ("devices", "models", "camera", "face", "microphone", "speech", "hub", "disk", "clock", "power")
+CHECKS = ("devices", "models", "answers", "camera", "face", "microphone", "speech", "hub", "disk", "clock", "power")
 MIN_FREE_BYTES = 256 * 1024 * 1024
 MIN_FREE_SHARE = 0.02
 RECOMMENDED_FACE_PX = 80
@@ -359,24 +361,52 @@ def check_microphone_and_speech(config: Config, options: SelftestOptions) -> lis
 # ---- models, hub, disk, clock, power -------------------------------------------------------------------
 
 
-def check_models(config: Config) -> CheckResult:
+def load_models(config: Config) -> list[Any]:
+    """The face detector, expression and speech-emotion models, as the daemon loads them."""
     from device.inference.face import FaceAnalyzer
-    from device.inference.runtime import runtime_name
     from device.inference.speech import SpeechAnalyzer
+
+    face = FaceAnalyzer.from_config(config)
+    speech = SpeechAnalyzer.from_config(config)
+    return [face.detector.model, face.classifier.model, speech.classifier.model]
+
+
+def check_models(config: Config) -> CheckResult:
+    from device.inference.runtime import runtime_name
 
     start = time.monotonic()
     try:
-        face = FaceAnalyzer.from_config(config)
-        speech = SpeechAnalyzer.from_config(config)
+        models = load_models(config)
         runtime = runtime_name()
     except AffectboxError as exc:
         return CheckResult("models", "fail", str(exc))
-    models = [face.detector.model, face.classifier.model, speech.classifier.model]
     names = ", ".join(f"{m.spec.name} ({m.spec.sha256[:8]})" for m in models)
     return CheckResult("models", "pass", f"{len(models)} models load and match their manifests in "
                                          f"{time.monotonic() - start:.1f} s with {runtime}: {names}",
                        {"models": [{"name": m.spec.name, "file": str(m.path), "sha256": m.spec.sha256}
                                    for m in models]})
+
+
+def check_answers(config: Config) -> CheckResult:
+    """Every model of the manifests on its known-answer input, as the daemon checks before READY."""
+    from device.inference.known_answer import check_models_dir
+    from device.inference.runtime import resolve_models_dir
+
+    try:
+        answers = check_models_dir(resolve_models_dir(config.runtime.models_dir))
+    except AffectboxError as exc:
+        return CheckResult("answers", "fail", f"models do not load: {exc}")
+    data = {"models": [{"name": a.name, "status": a.status, "detail": a.detail} for a in answers]}
+    failed = [a for a in answers if a.status == "fail"]
+    if failed:
+        return CheckResult("answers", "fail", "; ".join(a.detail for a in failed), data)
+    missing = [a.name for a in answers if a.status == "missing"]
+    passed = [a.detail.replace(": ", " ", 1) for a in answers if a.status == "pass"]
+    detail = (f"{len(passed)} model{'s' if len(passed) != 1 else ''} give the answers recorded at publishing"
+              f" ({', '.join(passed)})" if passed else "no model has a known answer")
+    if missing:
+        detail += f"; no known answer recorded for {', '.join(missing)}"
+    return CheckResult("answers", "pass" if passed else "skip", detail, data)
 
 
 def check_hub(config: Config, options: SelftestOptions, device_id: str) -> CheckResult:
@@ -480,6 +510,8 @@ def run_selftest(config: Config, options: SelftestOptions, device_id: str) -> It
             yield check_devices(options)
         elif name == "models":
             yield check_models(config)
+        elif name == "answers":
+            yield check_answers(config)
         elif name == "camera":
             if "camera" in options.skip:
                 yield skipped("camera")

@@ -143,9 +143,9 @@ class DaemonProcess:
     def status(self) -> dict[str, Any]:
         return self.session("status")
 
-    def terminate(self, timeout: float = 15.0) -> int:
+    def terminate(self, timeout: float = 15.0, signum: int = signal.SIGTERM) -> int:
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(signum)
         try:
             return self.proc.wait(timeout)
         finally:

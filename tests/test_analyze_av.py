@@ -12,7 +12,7 @@ import pytest
 import soundfile
 
 from device.observation import SAMPLE_RATE
-from tests.conftest import HEAD_BOX
+from tests.conftest import HEAD_BOX, under_emulation
 from tests.media import encode_av, session_audio
 
 pytestmark = pytest.mark.timeout(300)
@@ -116,7 +116,8 @@ def test_audio_only(av_media, tmp_path):
     assert set(summary["coverage"]) == {"speech"} and summary["dominant"] is not None
     assert summary["source"]["fps"] is None
     check_speech(out, av_media["spans"])
-    assert summary["analysis"]["speech_real_time_factor"] < 0.2  # generous: CI machines are noisy
+    if not under_emulation():  # a CPU budget: meaningless under an emulator
+        assert summary["analysis"]["speech_real_time_factor"] < 0.2  # generous: CI machines are noisy
 
 
 def test_silent_audio_is_a_warning(av_media, tmp_path):

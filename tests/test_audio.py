@@ -305,6 +305,7 @@ def test_clipped_audio_does_not_break_prosody(media: Path):
     utterance_prosody(weird)  # no exception, no warning
 
 
+@pytest.mark.cpu_budget
 def test_cpu_cost_per_second_of_audio(speech_mix, capsys: pytest.CaptureFixture[str]):
     """The speech path's budget is 2 % of real time on one core; VAD and prosody take a small part."""
     path, _, _ = speech_mix

@@ -7,6 +7,7 @@ and the local record is read back with the store, read-only.
 
 from __future__ import annotations
 
+import signal
 import time
 from pathlib import Path
 
@@ -73,7 +74,8 @@ def test_session_from_the_cli_is_stored_with_a_summary(tmp_path: Path, av_sessio
     assert names <= {"affectbox.db", "affectbox.db-wal", "affectbox.db-shm", "device-id"}, names
 
 
-def test_sigterm_ends_a_running_session_as_interrupted(tmp_path: Path, av_session):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_a_stop_signal_ends_a_running_session_as_interrupted(tmp_path: Path, av_session, signum: signal.Signals):
     daemon = DaemonProcess(tmp_path, av_session["path"], loop=True, extra_args=("--patient", "p-7"))
     db = tmp_path / "state" / "affectbox.db"
     daemon.wait_ready()
@@ -81,11 +83,12 @@ def test_sigterm_ends_a_running_session_as_interrupted(tmp_path: Path, av_sessio
     assert session_id
     assert wait_until(lambda: window_count(db, session_id) >= 2, 60), daemon.log()
     began = time.monotonic()
-    code = daemon.terminate()
+    code = daemon.terminate(signum=signum)
     assert code == 0 and time.monotonic() - began < 8, daemon.log()
+    assert f"stopping: the service was stopped ({signum.name})" in daemon.log(), daemon.log()
     with stored(db) as store:
         record = store.session(session_id)
-        assert record.state == "interrupted" and "SIGTERM" in (record.end_reason or "")
+        assert record.state == "interrupted" and signum.name in (record.end_reason or "")
         assert record.windows >= 2 and store.summary(session_id) is not None
 
 

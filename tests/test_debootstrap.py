@@ -64,14 +64,16 @@ def timed(name: str, func, *args, **kwargs):
         TIMINGS[name] = round(time.monotonic() - start, 1)
 
 
-def make_base(root: Path) -> None:
+def make_base(root: Path, suite: str = SUITE, arch: str | None = None) -> None:
     """The clean Debian root: from the cached tarball, else debootstrap (and cache it)."""
-    tarball = CACHE / f"base-{SUITE}-{'-'.join(a.lstrip('-').replace('=', '_') for a in BASE_ARGS)}.tar"
+    name = "-".join([suite, *([arch] if arch else []), *(a.lstrip("-").replace("=", "_") for a in BASE_ARGS)])
+    tarball = CACHE / f"base-{name}.tar"
     if tarball.is_file():
         subprocess.run(["tar", "-xf", str(tarball), "-C", str(root)], check=True, timeout=600)
         return
-    result = subprocess.run(["debootstrap", *BASE_ARGS, SUITE, str(root)], capture_output=True, text=True,
-                            timeout=1200, check=False)
+    arch_args = [f"--arch={arch}"] if arch else []
+    result = subprocess.run(["debootstrap", *arch_args, *BASE_ARGS, suite, str(root)], capture_output=True,
+                            text=True, timeout=1200, check=False)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     try:
         CACHE.mkdir(parents=True, exist_ok=True)
@@ -82,10 +84,19 @@ def make_base(root: Path) -> None:
         pass  # a cache is a convenience
 
 
-def in_root(root: Path, command: str, timeout: float = 900) -> subprocess.CompletedProcess:
-    """Run `command` (sh) inside the root, with /proc and the caches mounted in a private namespace."""
+def in_root(root: Path, command: str, timeout: float = 900, *, env: tuple[str, ...] = (),
+            binds: tuple[tuple[Path, str], ...] = (), caches: str = "") -> subprocess.CompletedProcess:
+    """Run `command` (sh) inside the root, with /proc and the caches mounted in a private namespace.
+
+    `env` adds variables (also set for chroot itself, so an emulator started by binfmt sees them),
+    `binds` mounts host files over paths in the root after /proc, `caches` names a cache subfolder
+    (another architecture's downloads must not mix with these)."""
     mounts = [f"mount -t proc proc {shlex.quote(str(root / 'proc'))}"]
-    for cache, inside in ((CACHE / "pip", "root/.cache/pip"), (CACHE / "apt-archives", "var/cache/apt/archives")):
+    mounts += [f"mount --bind {shlex.quote(str(source))} {shlex.quote(str(root / inside.lstrip('/')))}"
+               for source, inside in binds]
+    cache_root = CACHE / caches if caches else CACHE
+    for cache, inside in ((cache_root / "pip", "root/.cache/pip"),
+                          (cache_root / "apt-archives", "var/cache/apt/archives")):
         with_partial = cache / "partial" if inside.endswith("archives") else cache
         try:
             with_partial.mkdir(parents=True, exist_ok=True)
@@ -96,7 +107,7 @@ def in_root(root: Path, command: str, timeout: float = 900) -> subprocess.Comple
     passed = [f"{name}={os.environ[name]}" for name in PASSED_ON if os.environ.get(name)]
     if (root / ROOT_CA_BUNDLE.lstrip("/")).is_file():
         passed.append(f"PIP_CERT={ROOT_CA_BUNDLE}")
-    chroot = ["chroot", str(root), "env", "-i", *ENV, *passed, "sh", "-c", command]
+    chroot = ["env", *env, "chroot", str(root), "env", "-i", *ENV, *env, *passed, "sh", "-c", command]
     script = " && ".join(mounts) + " && exec " + shlex.join(chroot)
     return subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script],
                           capture_output=True, text=True, timeout=timeout, check=False, stdin=subprocess.DEVNULL)

@@ -73,9 +73,9 @@ def test_replayed_session_passes(session_media: Path, tmp_path: Path):
                       str(session_media), "--seconds", "6", "--json")
     assert result.returncode == 0, result.stdout + result.stderr
     checks = rows(result)
-    assert list(checks) == ["devices", "models", "camera", "face", "microphone", "speech", "hub", "disk", "clock",
-                            "power"]
-    for name in ("models", "camera", "face", "microphone", "speech", "disk"):
+    assert list(checks) == ["devices", "models", "answers", "camera", "face", "microphone", "speech", "hub", "disk",
+                            "clock", "power"]
+    for name in ("models", "answers", "camera", "face", "microphone", "speech", "disk"):
         assert checks[name]["status"] == "pass", checks[name]
     assert checks["hub"]["status"] == "skip"
     assert checks["camera"]["data"]["frames"] == 60 and checks["camera"]["data"]["width"] == 640
@@ -95,8 +95,9 @@ def test_table_output(session_media: Path, tmp_path: Path):
     lines = result.stdout.splitlines()
     assert lines[0].startswith("affectbox selftest: device ab-") and "(not stored yet)" in lines[0]
     assert lines[1].split() == ["check", "result", "detail"]
-    table = {line.split()[0]: line.split()[1] for line in lines[2:12]}
+    table = {line.split()[0]: line.split()[1] for line in lines[2:13]}
     assert table["camera"] == "pass" and table["speech"] == "skip" and table["hub"] == "skip"
+    assert table["answers"] == "pass"
     assert "all checks passed" in lines[-2] and "does not diagnose" in lines[-1]
     assert result.stderr == ""
 
@@ -136,6 +137,7 @@ def test_broken_models_fail(session_media: Path, tmp_path: Path):
     assert result.returncode == 1
     checks = rows(result)
     assert checks["models"]["status"] == "fail" and "no-models" in checks["models"]["detail"]
+    assert checks["answers"]["status"] == "skip" and "no model" in checks["answers"]["detail"]
     assert checks["face"]["status"] == "fail"
 
 

@@ -1,7 +1,9 @@
 """`affectbox run`: build the appliance from its config, run it under systemd, stop it cleanly.
 
 Start-up order (each step fails with one line naming what is wrong):
-1. models (face, speech) loaded and checked against their manifests;
+1. models (face, speech) loaded and checked against their manifests, then every model described in
+   the manifests run on its known-answer input (device/inference/known_answer.py): a wrong answer
+   stops the start with one line;
 2. the local record opened; sessions left `running` by a crash or power cut become `interrupted`
    (their windows are kept);
 3. the hub link (when enabled), which drains the outbox left by the previous run;
@@ -54,6 +56,8 @@ from device.health import Heartbeats, SystemdNotifier, WatchdogPetter, pi_health
 from device.identity import resolve_device_id
 from device.indicator import Indicator
 from device.inference.face import FaceAnalyzer
+from device.inference.known_answer import require_known_answers
+from device.inference.runtime import resolve_models_dir
 from device.inference.speech import SpeechAnalyzer
 from device.store import Store
 from device.voice.loading import device_attributor
@@ -121,6 +125,7 @@ class Daemon:
         self.camera_name = "none"
         self.microphone_name = "none"
         self._stop = threading.Event()
+        self.stop_reason: str | None = None
         self._last_status_line = ""
         self._status_error: str | None = None
 
@@ -179,6 +184,10 @@ class Daemon:
             models += [face.detector.model, face.classifier.model]
         if speech is not None:
             models.append(speech.classifier.model)
+        self.notifier.status("starting: checking the models' known answers")
+        models_dir = resolve_models_dir(config.runtime.models_dir)
+        for answer in require_known_answers(models_dir):  # a wrong answer raises: never READY with it
+            log.log(logging.INFO if answer.status == "pass" else logging.WARNING, "known answer: %s", answer.detail)
         self.models = model_metadata(models)
         self.device_id = resolve_device_id(config.device)
 
@@ -269,7 +278,10 @@ class Daemon:
 
     # ---- running ------------------------------------------------------------------------------
 
-    def request_stop(self, *_: Any) -> None:
+    def request_stop(self, signum: int | None = None, _frame: Any = None) -> None:
+        """Ask the main loop to stop; as a signal handler, remember which signal (for the log line)."""
+        if signum is not None and self.stop_reason is None:
+            self.stop_reason = f"the service was stopped ({signal.Signals(signum).name})"
         self._stop.set()
 
     def wait(self) -> None:
@@ -538,6 +550,6 @@ def run_daemon(config: Config, *, replay_video: str | None = None, replay_audio:
         daemon.shutdown("start-up failed")
         raise
     daemon.wait()
-    daemon.shutdown("the service was stopped (SIGTERM)")
+    daemon.shutdown(daemon.stop_reason or "the service was stopped")
     return 0
 

@@ -6,7 +6,8 @@ Reads `<work>/face_expression_int8.tflite` and `<work>/metrics.json` (written by
 stage of train_face.py or soup_face.py; a `<work>/soup.json` is recorded too) and writes
 `models/face_expression_int8.tflite` and `models/face_expression.json`: file, sha256,
 input/output contract read from the interpreter, labels, calibration temperature, headline
-metrics, training data and licence. Needs only numpy and ai-edge-litert.
+metrics, training data and licence, then the known-answer pair (record_known_answers.py).
+Needs only numpy and ai-edge-litert.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record_known_answers import record_manifest
 from tflite_util import publish_file
 
 
@@ -83,6 +85,7 @@ def main() -> None:
                                          if soup.get("batchnorm") else None),
         }
     (models / "face_expression.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    record_manifest(models / "face_expression.json")  # its known-answer pair: part of publishing
     print(f"published {target} ({manifest['size_bytes']} bytes, sha256 {manifest['sha256'][:12]})")
 
 

@@ -24,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 from device.audio import features as feat
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from record_known_answers import record_manifest
 from tflite_util import LABELS, publish_file
 
 MODEL_FILE = "speech_emotion_int8.tflite"
@@ -290,6 +291,7 @@ def main() -> None:
         "model_card": "MODEL_CARD_speech.md",
     }
     (models / "speech_emotion.json").write_text(json.dumps(manifest, indent=2) + "\n")
+    record_manifest(models / "speech_emotion.json")  # its known-answer pair: part of publishing
     (models / "MODEL_CARD_speech.md").write_text(model_card(manifest, metrics))
     print(f"published {target} ({manifest['size_bytes']} bytes, sha256 {manifest['sha256'][:12]})")
 

@@ -34,7 +34,7 @@ def test_every_model_carries_a_known_answer_that_this_runtime_gives(entry: dict)
     pair = entry.get("known_answer")
     assert pair, f"{entry['name']}: record one with models/training/record_known_answers.py"
     assert pair["input"]["seed"] == record_known_answers.seed_for(entry)  # recorded for this very file
-    model = load_model(ModelSpec.from_manifest(entry), MODELS_DIR)
+    model = known_answer.load_for_check(ModelSpec.from_manifest(entry), MODELS_DIR)
     answer = known_answer.check(model)
     assert answer.status == "pass", answer.detail
     if entry["input"]["dtype"] in ("int8", "uint8"):

@@ -21,6 +21,7 @@ answer was exact.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import platform
 from dataclasses import dataclass
@@ -31,7 +32,7 @@ import numpy as np
 
 from device.assets import THIRD_PARTY_MANIFEST
 from device.errors import ModelError
-from device.inference.runtime import LoadedModel, ModelSpec, load_model, read_manifest
+from device.inference.runtime import LoadedModel, ModelSpec, load_model, read_manifest, sha256_file
 
 FORMAT = 1
 GENERATOR = "sha256-counter"
@@ -84,7 +85,7 @@ def summarise(output: np.ndarray) -> dict[str, Any]:
     return entry
 
 
-def record(model: LoadedModel, seed: str) -> dict[str, Any]:
+def record(model: LoadedModel | NumpyVoiceEncoder, seed: str) -> dict[str, Any]:
     """A manifest's `known_answer`: the model's outputs on the generated input, on this machine."""
     from device.inference.runtime import runtime_name
 
@@ -128,7 +129,7 @@ def _compare(expected: dict[str, Any], actual: np.ndarray, tolerance: float) -> 
     return max(differences, default=0.0), sum(d > limit for d in differences), len(differences), unit
 
 
-def check(model: LoadedModel) -> Answer:
+def check(model: LoadedModel | NumpyVoiceEncoder) -> Answer:
     """Run the manifest's known-answer input through `model` and compare with the recorded output."""
     name = model.spec.name
     pair = model.spec.extra.get("known_answer")
@@ -184,6 +185,33 @@ def manifest_entries(models_dir: Path) -> list[dict[str, Any]]:
     return entries
 
 
+class NumpyVoiceEncoder:
+    """The speaker encoder (a PyTorch checkpoint run in numpy, device/inference/voice_encoder.py)
+    behind the two things `check` and `record` use of a LiteRT model: `spec` and `run`. Its input
+    has a symbolic `partials` dimension; the known answer uses one partial."""
+
+    def __init__(self, spec: ModelSpec, models_dir: Path) -> None:
+        from device.inference.voice_encoder import VoiceEncoder
+
+        path = models_dir / spec.file
+        if sha256_file(path) != spec.sha256:
+            raise ModelError(f"{spec.name}: {path} does not match its manifest's sha256 (fetch it again)")
+        self.spec = dataclasses.replace(spec, input_shape=tuple(d if isinstance(d, int) else 1
+                                                                for d in spec.input_shape))
+        self._encoder = VoiceEncoder.from_file(path)
+
+    def run(self, tensor: np.ndarray) -> list[np.ndarray]:
+        return [self._encoder.forward(tensor)]
+
+
+def load_for_check(spec: ModelSpec, models_dir: Path, num_threads: int = 1) -> Any:
+    """The model behind `spec` as `check` and `record` use it: LiteRT for .tflite, numpy for the
+    speaker encoder's checkpoint."""
+    if spec.file.endswith(".pt"):
+        return NumpyVoiceEncoder(spec, models_dir)
+    return load_model(spec, models_dir, num_threads)
+
+
 def check_all(models: list[LoadedModel]) -> list[Answer]:
     """Each model's answer, in order."""
     return [check(model) for model in models]
@@ -199,7 +227,7 @@ def check_models_dir(models_dir: Path, num_threads: int = 1) -> list[Answer]:
         if not (models_dir / spec.file).is_file():
             answers.append(Answer(spec.name, "missing", f"{spec.name}: file {spec.file} not fetched"))
             continue
-        answers.append(check(load_model(spec, models_dir, num_threads)))
+        answers.append(check(load_for_check(spec, models_dir, num_threads)))
     return answers
 
 

@@ -27,7 +27,7 @@ if str(REPO) not in sys.path:
 from device.assets import THIRD_PARTY_MANIFEST  # noqa: E402
 from device.inference import known_answer  # noqa: E402
 from device.inference.known_answer import own_manifests  # noqa: E402
-from device.inference.runtime import LoadedModel, ModelSpec, load_model, read_manifest  # noqa: E402
+from device.inference.runtime import ModelSpec, read_manifest  # noqa: E402
 
 MODELS = REPO / "models"
 
@@ -36,8 +36,8 @@ def seed_for(manifest: dict[str, Any]) -> str:
     return f"affectbox known answer/{manifest['name']}/{manifest['sha256']}"
 
 
-def _loaded(manifest: dict[str, Any], models_dir: Path) -> LoadedModel:
-    return load_model(ModelSpec.from_manifest(manifest), models_dir)
+def _loaded(manifest: dict[str, Any], models_dir: Path) -> Any:
+    return known_answer.load_for_check(ModelSpec.from_manifest(manifest), models_dir)
 
 
 def record_manifest(path: Path) -> dict[str, Any]:

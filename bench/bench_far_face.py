@@ -136,7 +136,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     })
     hires = {"1280x720, full range on 640x360 lores": on_region(full, None, lores=0.5),
              "1280x720, full range on the 1280x720 frame": on_region(full, None)}
-    tallies = {name: Tally() for name in [*pathways, *hires, "fer pathway (Haar, fer defaults)"]}
+    if args.only:  # a quicker run of some rows (e.g. the placement table: --only ours)
+        pathways = {k: v for k, v in pathways.items() if k.startswith(args.only)}
+        hires = {k: v for k, v in hires.items() if k.startswith(args.only)}
+    haar_name = "fer pathway (Haar, fer defaults)"
+    tallies = {name: Tally() for name in [*pathways, *hires, haar_name]
+               if not args.only or name.startswith(args.only)}
 
     def feed(name: str, fn: Callable[[np.ndarray], list[Box]], image: np.ndarray, truth: Box | None,
              width: int, lighting: str) -> None:
@@ -152,31 +157,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         for scene in far_faces.face_scenes(width, sources):
             for name, fn in pathways.items():
                 feed(name, fn, scene.image, scene.face_box, width, scene.lighting)
-            haar_frames.append(cv2.cvtColor(scene.image, cv2.COLOR_BGR2GRAY))
-            haar_meta.append((scene.face_box, width, scene.lighting))
+            if haar_name in tallies:
+                haar_frames.append(cv2.cvtColor(scene.image, cv2.COLOR_BGR2GRAY))
+                haar_meta.append((scene.face_box, width, scene.lighting))
         # the same scenes seen by a 1280x720 camera with the same field of view across: the face
         # is twice as wide in pixels; reported at its 640-px-across width
-        for scene in far_faces.face_scenes(width * 2, sources, size=(1280, 720)):
+        for scene in (far_faces.face_scenes(width * 2, sources, size=(1280, 720)) if hires else ()):
             truth = scene.face_box
             for name, fn in hires.items():
                 feed(name, fn, scene.image, truth, width, scene.lighting)
     for scene in far_faces.face_free_scenes(count=args.free):
         for name, fn in pathways.items():
             feed(name, fn, scene.image, None, 0, scene.lighting)
-        haar_frames.append(cv2.cvtColor(scene.image, cv2.COLOR_BGR2GRAY))
-        haar_meta.append((None, 0, scene.lighting))
-    for scene in far_faces.face_free_scenes(size=(1280, 720), count=args.free):
+        if haar_name in tallies:
+            haar_frames.append(cv2.cvtColor(scene.image, cv2.COLOR_BGR2GRAY))
+            haar_meta.append((None, 0, scene.lighting))
+    for scene in (far_faces.face_free_scenes(size=(1280, 720), count=args.free) if hires else ()):
         for name, fn in hires.items():
             feed(name, fn, scene.image, None, 0, scene.lighting)
-    haar = tallies["fer pathway (Haar, fer defaults)"]
+    haar = tallies.get(haar_name)
     try:
+        if haar is None:
+            raise RuntimeError("not selected (--only)")
         boxes, cpu_ms = haar_boxes(np.stack(haar_frames), Path(args.cache))
         for found, (truth, width, lighting) in zip(boxes, haar_meta, strict=True):
             score(haar, width, found, truth, lighting)
         haar.cpu_s, haar.calls = cpu_ms * len(haar_frames) / 1000, len(haar_frames)
     except RuntimeError as exc:
         print(f"bench_far_face: Haar anchor skipped: {exc}", file=sys.stderr)
-        del tallies["fer pathway (Haar, fer defaults)"]
+        tallies.pop(haar_name, None)
     return {
         "command": shlex.join(getattr(sys, "orig_argv", [sys.executable, *sys.argv])),
         "scenes_per_width": len(sources) * len(far_faces.POSITIONS) * len(far_faces.LIGHTING),
@@ -215,6 +224,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--free", type=int, default=300, help="face-free frames")
     cache = Path(os.environ.get("AFFECTBOX_CACHE", Path.home() / ".cache" / "affectbox")) / "bench"
     parser.add_argument("--cache", default=str(cache), help="where the Haar anchor's files are kept")
+    parser.add_argument("--only", default="", help="only the pathways whose name starts with this")
     parser.add_argument("--json-out", type=Path)
     args = parser.parse_args(argv)
     if not 0 <= args.lfw <= 100:

@@ -70,6 +70,10 @@ class FaceConfig:
         320, "no face known: search the frame (or roi) in overlapping square tiles of this side at "
         "native resolution, besides the whole frame; 0 = whole frame only", min=0, max=4096,
     )
+    search_tiles_per_round: int = _opt(
+        3, "tiles searched per detection round while no face is known, in turn (0 = all at once): "
+        "bounds the CPU while nobody is in view; a new face is found within a few rounds", min=0, max=64,
+    )
     camera_hfov_deg: float = _opt(
         66.0, "the camera's horizontal field of view (Camera Module 3: 66; webcams 60-78), for the "
         "face distance that selftest reports", min=20.0, max=170.0,

@@ -13,8 +13,9 @@ shrinks to 12 px there and is mostly missed. Hence a coarse-to-fine search:
 - while a face is known, the detector runs on a square window of about four face widths around
   it, at native resolution (the face fills a quarter of the model's input);
 - otherwise (start, face lost) it runs on the whole frame (or roi), for large faces, and on
-  overlapping square tiles of `search_tile_px` at native resolution, for small ones; duplicates
-  from overlapping tiles are merged.
+  overlapping square tiles of `search_tile_px` at native resolution, for small ones, a few tiles
+  per round in turn (`search_tiles_per_round`), so an empty room costs little; duplicates from
+  overlapping tiles are merged.
 Template tracking between detector runs (`detect_every`) is unchanged.
 """
 
@@ -108,6 +109,7 @@ class FaceAnalyzer:
         self.tracker = FaceTracker(max_shift=config.track_max_shift)
         self._since_detect = 0
         self._known: Detection | None = None  # the patient's face at the last detection, if any
+        self._tile_cursor = 0  # the next search tile, while tiles are searched in turn
         self.detector_runs = 0  # detection rounds (one per frame where the detector ran)
         self.detector_calls = 0  # model invocations (a search runs several)
         self.frames = 0
@@ -146,11 +148,26 @@ class FaceAnalyzer:
         faces: list[Detection] = []
         if self._known is not None:
             faces = self._keep(self._detect_in(image, window_around(self._known, region)), region)
-        if not faces:  # no face known, or it left its window: search everywhere
-            for part in [region, *tile_regions(region, self.config.search_tile_px)]:
+        if not faces:  # no face known, or it left its window: search the frame and (some) tiles
+            for part in [region, *self._tiles_this_round(region)]:
                 faces.extend(self._detect_in(image, part))
             faces = self._keep(merge_duplicates(faces), region)
         return faces
+
+    def _tiles_this_round(self, region: Region) -> list[Region]:
+        tiles = tile_regions(region, self.config.search_tile_px)
+        per_round = self.config.search_tiles_per_round
+        if not per_round or len(tiles) <= per_round:
+            return tiles
+        start = self._tile_cursor % len(tiles)
+        self._tile_cursor = start + per_round
+        return [tiles[(start + k) % len(tiles)] for k in range(per_round)]
+
+    def search_rounds(self, image: np.ndarray) -> int:
+        """Detection rounds one full search of this frame's size takes (tiles in turn)."""
+        tiles = len(tile_regions(self._region(image), self.config.search_tile_px))
+        per_round = self.config.search_tiles_per_round
+        return 1 if not per_round or tiles <= per_round else -(-tiles // per_round)
 
     def _keep(self, faces: list[Detection], region: Region) -> list[Detection]:
         x0, y0, x1, y1 = region

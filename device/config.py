@@ -67,7 +67,7 @@ class FaceConfig:
         choices=("full_range", "short_range"),
     )
     search_tile_px: int = _opt(
-        320, "no face known: search the frame (or roi) in overlapping square tiles of this side at "
+        256, "no face known: search the frame (or roi) in overlapping square tiles of this side at "
         "native resolution, besides the whole frame; 0 = whole frame only", min=0, max=4096,
     )
     search_tiles_per_round: int = _opt(

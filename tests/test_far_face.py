@@ -38,16 +38,17 @@ def recall(analyzer: FaceAnalyzer, width: int, sources) -> float:
     return sum(hits) / len(hits)
 
 
-@pytest.mark.parametrize("width", [40, 48, 80, 150])
+@pytest.mark.parametrize("width", [32, 40, 48, 80, 150])
 def test_astronaut_found_from_40_px(analyzer, width):
     # 15 scenes: five positions, bright / dim / dark; the old short-range default found none below 56 px
-    assert recall(analyzer, width, far_faces.face_sources()[:1]) >= 0.95
+    # (32 px: 14 of 15 measured; the line is held at 13)
+    assert recall(analyzer, width, far_faces.face_sources()[:1]) >= (0.95 if width >= 40 else 0.85)
 
 
 def test_real_faces_of_lfw_at_40_px_do_not_regress(analyzer):
     # tight, blurred 25x25 grey crops without hair or outline: hard for every detector
     # (bench/bench_far_face.py); the line is held below the measured level, above the old default's 0
-    assert recall(analyzer, 40, far_faces.face_sources()[1:21]) >= 0.15
+    assert recall(analyzer, 40, far_faces.face_sources()[1:21]) >= 0.2
 
 
 def test_old_default_misses_what_the_new_one_finds():
@@ -73,17 +74,17 @@ def test_small_face_is_followed_over_time_with_the_window_search():
         obs = analyzer.process(Frame(i / 10, far_faces.light(frame, 1.0, 2.0, rng)))
         found += obs.probs is not None and far_faces.is_hit(tuple(obs.features["box"]), truth)
         calls_after_first.append(analyzer.detector_calls)
-    assert found >= 18  # a search takes up to two rounds (tiles in turn), then the face is held
+    assert found >= 16  # a search takes up to four rounds (tiles in turn), then the face is held
     # once found, each detection round costs one call (the window around the face)
-    assert calls_after_first[-1] - calls_after_first[3] <= 9
+    assert calls_after_first[-1] - calls_after_first[5] <= 8
 
 
 def test_search_rounds_cover_every_tile_in_turn():
     analyzer = FaceAnalyzer.from_config(Config())
     image = np.zeros((480, 640, 3), np.uint8)
-    assert analyzer.search_rounds(image) == 2  # 6 tiles, 3 per round
-    seen = [analyzer._tiles_this_round((0, 0, 640, 480)) for _ in range(2)]
-    assert sorted(seen[0] + seen[1]) == sorted(tile_regions((0, 0, 640, 480), 320))
+    assert analyzer.search_rounds(image) == 4  # 12 tiles of 256 px, 3 per round
+    seen = [tile for _ in range(4) for tile in analyzer._tiles_this_round((0, 0, 640, 480))]
+    assert sorted(seen) == sorted(tile_regions((0, 0, 640, 480), 256))
     calls = analyzer.detector_calls
     analyzer.process(Frame(0.0, image))  # nobody in view: one round costs the frame + 3 tiles
     assert analyzer.detector_calls - calls == 4

@@ -265,7 +265,7 @@ def check_camera_and_face(config: Config, options: SelftestOptions) -> list[Chec
             scores.append(observation.features["score"])
     if not seen:
         return [camera, CheckResult("face", "fail", f"no face in {len(samples)} frames: sit facing the camera at "
-                                                    "eye level, 0.6-1.5 m away, with light on the face")]
+                                                    "eye level, 0.6-2 m away, with light on the face")]
     median_px = float(np.median(widths))
     distance = implied_distance_m(median_px, width, config.face.camera_hfov_deg)
     detail = (f"face in {seen}/{len(samples)} frames, {median_px:.0f} px wide (median), about {distance:.1f} m "

@@ -71,7 +71,7 @@ class FaceConfig:
         "native resolution, besides the whole frame; 0 = whole frame only", min=0, max=4096,
     )
     search_tiles_per_round: int = _opt(
-        3, "tiles searched per detection round while no face is known, in turn (0 = all at once): "
+        2, "tiles searched per detection round while no face is known, in turn (0 = all at once): "
         "bounds the CPU while nobody is in view; a new face is found within a few rounds", min=0, max=64,
     )
     camera_hfov_deg: float = _opt(

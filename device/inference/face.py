@@ -14,8 +14,9 @@ shrinks to 12 px there and is mostly missed. Hence a coarse-to-fine search:
   it, at native resolution (the face fills a quarter of the model's input);
 - otherwise (start, face lost) it runs on the whole frame (or roi), for large faces, and on
   overlapping square tiles of `search_tile_px` at native resolution, for small ones, a few tiles
-  per round in turn (`search_tiles_per_round`), so an empty room costs little; duplicates from
-  overlapping tiles are merged.
+  per round in turn (`search_tiles_per_round`), rounds only on the detector's cadence
+  (`detect_every`), so an empty room costs little; duplicates from overlapping tiles are merged.
+  A face the tracker loses is searched for at once.
 Template tracking between detector runs (`detect_every`) is unchanged.
 """
 
@@ -184,6 +185,8 @@ class FaceAnalyzer:
             if tracked is not None:
                 self._known = tracked
                 return tracked, True, 1
+            if self._known is None:  # nobody in view: search at the detector's cadence only
+                return None, False, 0
         faces = self._detect(image)
         self._since_detect = 1
         if not faces:

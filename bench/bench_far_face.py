@@ -9,7 +9,7 @@ a factor of two (`tests.far_faces.is_hit`). Every pathway sees the same frames, 
 
 - ours: `FaceAnalyzer` as configured by default (what `affectbox analyze` and the daemon run);
   each scene is a fresh start (a face that has just appeared), given the detection rounds one
-  full search takes (2 at 640x480: tiles in turn, 0.4 s at the default rates), so it measures
+  full search takes (6 at 640x480: tiles in turn, 1.2 s at the default rates), so it measures
   detection, not tracking;
 - the design options of issue 14: BlazeFace short range (the old default) and full range (dense
   and sparse) on the whole frame, each on the region of interest only, and a 1280x720 capture

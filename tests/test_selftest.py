@@ -7,6 +7,7 @@ fake /run, /sys and /dev trees."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections import namedtuple
@@ -244,7 +245,8 @@ def test_face_row_reports_width_distance_and_warns_below_the_floor(tmp_path: Pat
     assert face["status"] == status, face
     assert face["data"]["face_px"] == pytest.approx(face_px, rel=0.2)
     assert face["data"]["distance_m"] == pytest.approx(metres, rel=0.2)
-    assert f"{face['data']['distance_m']:.1f} m" in face["detail"]
+    shown = re.search(r"about ([0-9.]+) m away", face["detail"])
+    assert shown and float(shown.group(1)) == pytest.approx(face["data"]["distance_m"], abs=0.051)
     assert ("reliable floor" in face["detail"]) == (status == "warn")
 
 

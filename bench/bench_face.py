@@ -60,6 +60,8 @@ from device.metrics import classification_report
 from device.observation import Frame
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+sys.path.insert(0, str(REPO_ROOT))
+from bench.haar_pathway import haar_boxes  # noqa: E402  (run as a script: bench/ is not a package path)
 
 ANCHOR = {
     "package": "fer",
@@ -74,6 +76,7 @@ ANCHOR = {
 # The astronaut photo (scikit-image): the head occupies roughly this square (as in tests/conftest.py).
 HEAD_BOX = (130, 30, 330, 230)
 RESOLUTIONS = ((640, 480), (320, 240))
+FAR_HEAD_SHARE = 80 / 480  # head square 80 px: a face about 40 px wide
 WARMUP_CALLS = 5
 PACKAGES = ("ai-edge-litert", "tflite-runtime", "numpy", "opencv-python-headless", "affectbox")
 
@@ -306,8 +309,9 @@ def astronaut_head() -> np.ndarray:
 class FrameMaker:
     """Frames of one size: the head (about 40 % of the frame height) drifting slowly, with sensor noise."""
 
-    def __init__(self, head: np.ndarray, size: tuple[int, int], seed: int = 7) -> None:
+    def __init__(self, head: np.ndarray, size: tuple[int, int], seed: int = 7, head_share: float = 0.40) -> None:
         self.head = head
+        self.head_share = head_share
         self.width, self.height = size
         rng = np.random.default_rng(seed)
         background = rng.integers(60, 120, size=(self.height, self.width, 3), dtype=np.uint8)
@@ -317,7 +321,7 @@ class FrameMaker:
     def box(self, i: int) -> tuple[int, int, int]:
         """(x0, y0, side) of the head in frame i: a slow Lissajous drift and a slight breathing scale."""
         w, h = self.width, self.height
-        side = round(float(h * (0.40 + 0.02 * np.sin(2 * np.pi * i / 90))))
+        side = round(float(h * self.head_share * (1 + 0.05 * np.sin(2 * np.pi * i / 90))))
         cx = w / 2 + 0.06 * w * np.sin(2 * np.pi * i / 75)
         cy = h / 2 + 0.04 * h * np.sin(2 * np.pi * i / 55)
         return round(float(cx - side / 2)), round(float(cy - side / 2)), side
@@ -332,13 +336,14 @@ class FrameMaker:
         return Frame(i / fps, image, i)
 
 
-def bench_resolution(configs: dict[str, Config], head: np.ndarray, size: tuple[int, int], frames: int
-                     ) -> dict[str, Any]:
+def bench_resolution(configs: dict[str, Config], head: np.ndarray, size: tuple[int, int], frames: int,
+                     head_share: float = 0.40, anchor_path: Path | None = None) -> dict[str, Any]:
     """All pathway figures at one frame size; every contestant sees the same frame in turn."""
     analyzers = {key: FaceAnalyzer.from_config(cfg) for key, cfg in configs.items()}
     default = configs["default"].face
     probe = FaceAnalyzer.from_config(configs["default"])  # detector-only and expression-only timings
-    maker = FrameMaker(head, size)
+    maker = FrameMaker(head, size, head_share=head_share)
+    grays: list[np.ndarray] = []  # the same frames for the fer pathway (a child process)
     warm = maker.frame(0).image
     for analyzer in (*analyzers.values(), probe):
         for _ in range(WARMUP_CALLS):
@@ -352,6 +357,7 @@ def bench_resolution(configs: dict[str, Config], head: np.ndarray, size: tuple[i
     probe_found = 0
     for i in range(frames):
         frame = maker.frame(i)
+        grays.append(cv2.cvtColor(frame.image, cv2.COLOR_BGR2GRAY))
         for key, analyzer in analyzers.items():
             obs = timers[key](lambda a=analyzer, f=frame: a.process(f))
             found[key] += obs.present
@@ -374,6 +380,7 @@ def bench_resolution(configs: dict[str, Config], head: np.ndarray, size: tuple[i
             "face_share": round(found[key] / frames, 4),
             "tracked_share": round(float(flags.mean()), 4),
             "detector_runs_per_frame": round(analyzer.detector_runs / frames, 4),
+            "detector_calls_per_frame": round(analyzer.detector_calls / frames, 4),
             # the per-frame mean mixes two kinds of frame; these are the two kinds apart
             "cpu_detector_frames": summarise(samples[~flags]),
             "cpu_tracked_frames": summarise(samples[flags]),
@@ -382,20 +389,36 @@ def bench_resolution(configs: dict[str, Config], head: np.ndarray, size: tuple[i
                             "face_share": round(probe_found / frames, 4)}
     res["expression_only"] = {"cpu_per_face": expression_timer.summary(),
                               "flip_average": default.flip_average}
+    if anchor_path is not None:
+        try:
+            boxes, cpu_ms = haar_boxes(np.stack(grays), cache_dir(), expression_model=anchor_path)
+            res["fer_pathway"] = {"cpu_per_frame": {"calls": frames, "mean_ms": round(cpu_ms, 4), "median_ms": None,
+                                                    "p90_ms": None},
+                                  "face_share": round(sum(bool(b) for b in boxes) / frames, 4)}
+        except RuntimeError as exc:
+            print(f"bench_face: fer pathway skipped: {exc}", file=sys.stderr)
     return res
 
 
-def bench_pathway(config: Config, frames: int) -> dict[str, Any]:
+def bench_pathway(config: Config, frames: int, anchor_path: Path | None = None) -> dict[str, Any]:
     every_frame = dataclasses.replace(config, face=dataclasses.replace(config.face, detect_every=1))
-    configs = {"detect_every_1": every_frame, "default": config}
+    # the design before issue 14: short-range BlazeFace on the whole frame only
+    old = dataclasses.replace(config, face=dataclasses.replace(config.face, detector="short_range",
+                                                               search_tile_px=0))
+    configs = {"detect_every_1": every_frame, "default": config, "old_default": old}
     head = astronaut_head()
+    resolutions = {f"{w}x{h}": bench_resolution(configs, head, (w, h), frames, anchor_path=anchor_path)
+                   for w, h in RESOLUTIONS}
+    # a patient about 2 m away: the astronaut's face about 40 px wide (its head square is 2x the face)
+    resolutions["640x480, far face (~40 px)"] = bench_resolution(configs, head, (640, 480), frames,
+                                                                head_share=FAR_HEAD_SHARE, anchor_path=anchor_path)
     return {
         "frames": frames,
         "frames_desc": "blurred-noise background, astronaut head (side ~40% of the frame height) drifting "
                        "+-6% x / +-4% y of the frame and +-5% in size, Gaussian noise sigma 2",
         "detect_every_default": config.face.detect_every,
         "flip_average": config.face.flip_average,
-        "resolutions": {f"{w}x{h}": bench_resolution(configs, head, (w, h), frames) for w, h in RESOLUTIONS},
+        "resolutions": resolutions,
     }
 
 
@@ -451,10 +474,10 @@ def markdown(result: dict[str, Any]) -> str:
             lines.append(f"| {name} | {what} | {fmt(cpu['mean_ms'])} | {fmt(cpu['median_ms'])} | {ratio} "
                          f"{extra}")
 
-        for key in ("detect_every_1", "default"):
+        for key in ("detect_every_1", "default", "old_default"):
             row = res[key]
             what = f"process() per frame, detect_every={row['detect_every']}"
-            what += " (default)" if key == "default" else ""
+            what += {"default": " (default)", "old_default": " (old default: short range, whole frame)"}.get(key, "")
             add(what, row["cpu_per_frame"], f"| {row['face_share']:.1%} | {row['tracked_share']:.1%} | "
                 f"{row['detector_runs_per_frame']:.2f} |")
             if row["detect_every"] > 1:
@@ -465,6 +488,10 @@ def markdown(result: dict[str, Any]) -> str:
         exp = res["expression_only"]
         flip = "flip-averaged" if exp["flip_average"] else "single pass"
         add(f"expression only ({flip}), per face", exp["cpu_per_face"])
+        if "fer_pathway" in res:
+            fer = res["fer_pathway"]
+            add("fer pathway (OpenCV 4 Haar + fer's model), per frame", fer["cpu_per_frame"],
+                f"| {fer['face_share']:.1%} | | |")
     lines += ["", "CPU time on one core; on a shared machine compare the ratios between rows, "
               "not the absolute figures."]
     return "\n".join(lines)
@@ -507,7 +534,7 @@ def main(argv: list[str] | None = None) -> int:
         expression = bench_expression(items, models_dir, anchor_path)
         print(f"bench_face: face pathway, {args.frames} frames x {len(RESOLUTIONS)} resolutions",
               file=sys.stderr)
-        pathway = bench_pathway(config, args.frames)
+        pathway = bench_pathway(config, args.frames, anchor_path)
     except (AffectboxError, BenchError) as exc:
         print(f"bench_face: {exc}", file=sys.stderr)
         return 2

@@ -193,7 +193,9 @@ class WindowAggregator:
         stats = self._open.pop(index, {})
         other = stats.pop(OTHER_SPEECH, None)
         speakers = speaker_seconds(stats.get("speech"), other)
-        length = self.config.window_seconds
+        # coverage against the time the window really spans: a window cut short by flush(end=...)
+        # (a session's last, a clip shorter than a window) is not diluted by time that never came
+        length = max(stop - begin, 1e-3)
         estimates = {
             m: ModalityEstimate(s.mean_probs, s.coverage(length), s.mean_quality)
             for m, s in stats.items() if s.mean_probs is not None

@@ -108,6 +108,30 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_eval_av(args: argparse.Namespace) -> int:
+    from device.evaluate_av import evaluate_av, format_av_report
+
+    config = load_config(args.config)
+    update, close = _progress_bar("eval av", args.quiet or args.json, unit="clip")
+    try:
+        report = evaluate_av(Path(args.folder), config, progress=update)
+    finally:
+        close()
+    print(json.dumps(report) if args.json else format_av_report(report))
+    return 0
+
+
+def _add_eval_av(evaluate_sub: Any) -> None:
+    av = evaluate_sub.add_parser(
+        "av", help="face, voice and fused mood on video clips named as in RAVDESS (01-, 02- + 03-) or CREMA-D"
+    )
+    av.add_argument("folder", metavar="DIR")
+    av.add_argument("--config", help="TOML config file")
+    av.add_argument("--json", action="store_true", help="print one JSON object")
+    av.add_argument("--quiet", action="store_true", help="no progress bar")
+    av.set_defaults(func=cmd_eval_av)
+
+
 def cmd_validate_config(args: argparse.Namespace) -> int:
     path = args.config or args.config_option or DEFAULT_CONFIG
     load_config(path)
@@ -237,6 +261,8 @@ def build_parser() -> argparse.ArgumentParser:
     speech.add_argument("--json", action="store_true", help="print one JSON object")
     speech.add_argument("--quiet", action="store_true", help="no progress bar")
     speech.set_defaults(func=cmd_eval)
+
+    _add_eval_av(evaluate_sub)
 
     validate = sub.add_parser("validate-config", help="check a config file and exit")
     validate.add_argument("config", nargs="?", default=None)

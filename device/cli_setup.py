@@ -155,8 +155,11 @@ def cmd_selftest(args: argparse.Namespace) -> int:
                           "ok": not failed, "checks": [r.to_json() for r in results]}))
     else:
         skipped = sum(r.status == "skip" for r in results)
+        warned = [r.name for r in results if r.status == "warn"]
         if failed:
             print(f"{len(failed)} check{'s' if len(failed) != 1 else ''} failed: {', '.join(failed)}")
+        elif warned:
+            print(f"all checks passed ({skipped} skipped; see the warning in: {', '.join(warned)})")
         else:
             print(f"all checks passed ({skipped} skipped)")
         print(NOTICE)

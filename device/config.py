@@ -65,6 +65,22 @@ class FaceConfig:
     track_max_shift: float = _opt(
         0.5, "tracking search radius as a fraction of the face size", min=0.05, max=2.0
     )
+    detector: str = _opt(
+        "full_range", "BlazeFace model: full_range (faces to about 2.5 m) or short_range (selfie distance)",
+        choices=("full_range", "short_range"),
+    )
+    search_tile_px: int = _opt(
+        256, "no face known: search the frame (or roi) in overlapping square tiles of this side at "
+        "native resolution, besides the whole frame; 0 = whole frame only", min=0, max=4096,
+    )
+    search_tiles_per_round: int = _opt(
+        2, "tiles searched per detection round while no face is known, in turn (0 = all at once): "
+        "bounds the CPU while nobody is in view; a new face is found within a few rounds", min=0, max=64,
+    )
+    camera_hfov_deg: float = _opt(
+        66.0, "the camera's horizontal field of view (Camera Module 3: 66; webcams 60-78), for the "
+        "face distance that selftest reports", min=20.0, max=170.0,
+    )
 
 
 @dataclass(frozen=True)
@@ -416,6 +432,8 @@ def _validate_relations(config: Config, errors: list[str]) -> None:
             errors.append(
                 f"face.roi: must satisfy 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1 (got {list(roi)!r})"
             )
+    if 0 < config.face.search_tile_px < 96:
+        errors.append(f"face.search_tile_px: must be 0 (off) or at least 96 (got {config.face.search_tile_px})")
     speech = config.speech
     if speech.post_roll_ms > speech.hangover_ms:
         errors.append(f"speech.post_roll_ms: must not exceed speech.hangover_ms ({speech.hangover_ms}) "

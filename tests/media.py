@@ -89,14 +89,16 @@ def write_av_session(path: Path, duration: float, speech_at: Sequence[float],
     return {"path": path, "pcm": pcm, "speech_spans": spans, "face_spans": list(face_spans), "duration": duration}
 
 
-def encode_av(path: Path, frames: Iterable[np.ndarray], pcm: np.ndarray, fps: float,
-              size: tuple[int, int]) -> None:
-    """Write BGR frames (mpeg4) and float PCM at SAMPLE_RATE (flac) into one Matroska file."""
+def encode_av(path: Path, frames: Iterable[np.ndarray], pcm: np.ndarray | None, fps: float,
+              size: tuple[int, int], video_codec: str = "mpeg4", audio_codec: str = "flac") -> None:
+    """Write BGR frames (mpeg4) and float PCM at SAMPLE_RATE (flac) into one file (Matroska by
+    default; the container follows the suffix, e.g. .mp4 with aac, .flv with flv + aac); no audio
+    track when `pcm` is None."""
     width, height = size
     with av.open(str(path), "w") as container:
-        video = container.add_stream("mpeg4", rate=int(fps))
+        video = container.add_stream(video_codec, rate=int(fps))
         video.width, video.height, video.pix_fmt = width, height, "yuv420p"
-        audio = container.add_stream("flac", rate=SAMPLE_RATE, layout="mono")
+        audio = container.add_stream(audio_codec, rate=SAMPLE_RATE, layout="mono") if pcm is not None else None
         for i, image in enumerate(frames):
             frame = av.VideoFrame.from_ndarray(cv2.cvtColor(image, cv2.COLOR_BGR2RGB), format="rgb24")
             frame.pts = i
@@ -104,6 +106,8 @@ def encode_av(path: Path, frames: Iterable[np.ndarray], pcm: np.ndarray, fps: fl
                 container.mux(packet)
         for packet in video.encode():
             container.mux(packet)
+        if audio is None or pcm is None:
+            return
         samples = (np.clip(pcm, -1, 1) * 32767).astype(np.int16)
         for k in range(0, len(samples), 4096):
             frame = av.AudioFrame.from_ndarray(samples[None, k : k + 4096].copy(), format="s16", layout="mono")

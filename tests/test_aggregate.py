@@ -134,3 +134,24 @@ def test_speech_only_session_summary():
     assert summary["prosody"]["speech_s"] == pytest.approx(6.0)
     assert summary["prosody"]["f0_mean_hz"] == pytest.approx(120.0)
     assert summary["modality_probs"]["speech"]["angry"] == pytest.approx(1.0)
+
+
+def _face_and_speech_window(span: float, speech: tuple[float, float]):
+    agg = WindowAggregator(AggregationConfig(window_seconds=10.0, min_face_share=0.2), lateness=9.0)
+    for t in range(int(span * 10)):
+        agg.add(Observation(t / 10, "face", onehot("neutral"), 1.0))
+    agg.add(speech_obs(*speech, "sad"))
+    (window,) = agg.flush(span)
+    return window
+
+
+def test_short_clip_weighs_the_voice_as_a_full_window_with_the_same_speech_share():
+    # a 2.3 s clip with 1.6 s of speech, and a full 10 s window with the same share (0.7)
+    short = _face_and_speech_window(2.3, (0.4, 2.0))
+    full = _face_and_speech_window(10.0, (1.0, 8.0))
+    assert (short.start, short.end) == (0.0, 2.3)
+    assert short.modalities["speech"]["share"] == pytest.approx(1.6 / 2.3, abs=1e-3)
+    assert full.modalities["speech"]["share"] == pytest.approx(0.7)
+    assert short.weights["speech"] == pytest.approx(full.weights["speech"], abs=0.01)
+    assert short.weights["speech"] > 0.3  # the voice is not reduced to a rounding error
+    assert short.dominant == full.dominant

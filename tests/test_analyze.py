@@ -75,7 +75,7 @@ def test_windows_and_summary(analysis):
     assert summary["coverage"]["face"]["items"] == 100
     assert summary["source"]["file"] == "session.avi" and summary["source"]["fps"] == 15.0
     assert summary["warnings"] == []
-    assert {m["name"] for m in summary["models"]} == {"blazeface_short_range", "affectbox_face_expression"}
+    assert {m["name"] for m in summary["models"]} == {"blazeface_full_range", "affectbox_face_expression"}
     assert all(len(m["sha256"]) == 64 for m in summary["models"])
     with (out / "windows.csv").open() as handle:
         rows = list(csv.DictReader(handle))

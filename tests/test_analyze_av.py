@@ -87,7 +87,7 @@ def test_video_with_audio_track(av_media, tmp_path):
     assert summary["analysis"]["utterances"] == 3
     assert summary["prosody"]["speech_s"] > 4
     assert {m["name"] for m in summary["models"]} == {
-        "blazeface_short_range", "affectbox_face_expression", "affectbox_speech_emotion"}
+        "blazeface_full_range", "affectbox_face_expression", "affectbox_speech_emotion"}
     check_speech(out, av_media["spans"])
     windows = read_jsonl(out / "windows.jsonl")
     assert len(windows) == 2

@@ -37,7 +37,7 @@ def test_session_from_the_cli_is_stored_with_a_summary(tmp_path: Path, av_sessio
         status = daemon.status()
         assert status["state"] == "idle" and status["device"]["id"] == "test-device"
         assert {m["name"] for m in status["models"]} == {
-            "blazeface_short_range", "affectbox_face_expression", "affectbox_speech_emotion"}
+            "blazeface_full_range", "affectbox_face_expression", "affectbox_speech_emotion"}
         # the watchdog is petted while every stage is fresh (WATCHDOG_USEC = 1 s: a ping every 0.5 s)
         assert wait_until(lambda: len(daemon.notify.times("WATCHDOG=1")) >= 3, 10)
 

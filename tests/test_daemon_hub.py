@@ -224,7 +224,7 @@ def test_availability_will_and_retained_state(tmp_path: Path, av_session, cleanu
         assert info["device_id"] == DEVICE and info["window_seconds"] == 2.0
         assert info["commands"] == list(COMMANDS) and info["capabilities"] == ["face", "speech"]
         assert {m["name"] for m in info["models"]} == {
-            "blazeface_short_range", "affectbox_face_expression", "affectbox_speech_emotion"}
+            "blazeface_full_range", "affectbox_face_expression", "affectbox_speech_emotion"}
         (status,) = events(late.messages, "/status")
         validate("status", status)
         assert status["state"] == "idle" and status["active_session_id"] is None

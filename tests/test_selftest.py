@@ -7,6 +7,7 @@ fake /run, /sys and /dev trees."""
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 from collections import namedtuple
@@ -219,3 +220,41 @@ def test_v4l2_listing(tmp_path: Path):
             sys_name.write_text(name + "\n")
     assert list_v4l2(str(tmp_path)) == [{"device": "/dev/video0", "name": "USB Camera"},
                                         {"device": "/dev/video10", "name": ""}]
+
+
+def _far_face_video(folder: Path, face_px: float) -> Path:
+    from tests import far_faces
+
+    source = far_faces.face_sources()[0]
+    background = far_faces.backgrounds()[0]
+    video = folder / f"far-{face_px:g}.avi"
+    writer = cv2.VideoWriter(str(video), cv2.VideoWriter_fourcc(*"MJPG"), 10, (640, 480))
+    for i in range(30):
+        frame, _ = far_faces.paste_face(background, source[1], source[2], face_px, (0.45 + 0.002 * i, 0.45))
+        writer.write(frame)
+    writer.release()
+    return video
+
+
+@pytest.mark.parametrize(("face_px", "status", "metres"), [(34.0, "warn", 2.2), (60.0, "pass", 1.25)])
+def test_face_row_reports_width_distance_and_warns_below_the_floor(tmp_path: Path, face_px, status, metres):
+    config = write_config(tmp_path)
+    video = _far_face_video(tmp_path, face_px)
+    result = selftest("--config", str(config), "--camera-file", str(video), "--seconds", "3", "--json",
+                      "--skip", "microphone", "--skip", "hub")
+    assert result.returncode == 0, result.stdout + result.stderr  # a warning is not a failure
+    face = rows(result)["face"]
+    assert face["status"] == status, face
+    assert face["data"]["face_px"] == pytest.approx(face_px, rel=0.2)
+    assert face["data"]["distance_m"] == pytest.approx(metres, rel=0.2)
+    shown = re.search(r"about ([0-9.]+) m away", face["detail"])
+    assert shown and float(shown.group(1)) == pytest.approx(face["data"]["distance_m"], abs=0.051)
+    assert ("reliable floor" in face["detail"]) == (status == "warn")
+
+
+def test_implied_distance_follows_the_pinhole_model():
+    from device.selftest import implied_distance_m
+
+    assert implied_distance_m(74.0, 640, 66.0) == pytest.approx(1.0, abs=0.01)
+    assert implied_distance_m(37.0, 640, 66.0) == pytest.approx(2.0, abs=0.02)
+    assert implied_distance_m(74.0, 1280, 66.0) == pytest.approx(2.0, abs=0.02)  # twice the pixels across

@@ -1,12 +1,15 @@
-"""MediaPipe BlazeFace (short range) run through LiteRT, with anchors, decoding and NMS in numpy.
+"""MediaPipe BlazeFace (short and full range) run through LiteRT, with anchors, decoding and NMS in numpy.
 
-The model takes a 128x128 RGB image scaled to [-1, 1] and returns, for each of 896 SSD anchors,
-16 regressors (box centre offset, size, six keypoints) and one logit. The post-processing here
-follows MediaPipe's graph `face_detection_short_range.pbtxt`:
-- SsdAnchorsCalculator: 4 layers, strides 8, 16, 16, 16, min/max scale 0.1484375/0.75, one
-  aspect ratio plus one interpolated scale, fixed anchor size (every anchor is 1x1, so only
-  its centre matters). Layers with equal strides share a grid: 16x16x2 + 8x8x6 = 896 anchors.
-- TensorsToDetectionsCalculator: x/y/w/h scale 128, scores = sigmoid(clip(logit, +-100)).
+The short-range model takes a 128x128 RGB image scaled to [-1, 1] and returns, for each of 896
+SSD anchors, 16 regressors (box centre offset, size, six keypoints) and one logit; the
+full-range model (made for faces up to about 5 m) takes 192x192 and has 2304 anchors. The
+post-processing follows MediaPipe's graphs `face_detection_short_range.pbtxt` and
+`face_detection_full_range_common.pbtxt`:
+- SsdAnchorsCalculator, short range: 4 layers, strides 8, 16, 16, 16, one aspect ratio plus one
+  interpolated scale, fixed anchor size (every anchor is 1x1, so only its centre matters).
+  Layers with equal strides share a grid: 16x16x2 + 8x8x6 = 896 anchors. Full range: one layer
+  of stride 4 and no interpolated scale: 48x48x1 = 2304 anchors.
+- TensorsToDetectionsCalculator: x/y/w/h scale = the input size, scores = sigmoid(clip(logit, +-100)).
 - NonMaxSuppressionCalculator: weighted NMS (overlapping boxes are averaged by score).
 Frames of any aspect ratio are letterboxed to a square first, as MediaPipe does, and
 boxes are mapped back to pixel coordinates of the original frame.
@@ -21,7 +24,7 @@ import numpy as np
 
 from device.inference.runtime import LoadedModel
 
-INPUT_SIZE = 128
+INPUT_SIZE = 128  # the short-range model
 NUM_KEYPOINTS = 6
 # Keypoint order in the model's output (MediaPipe): right eye, left eye (from the subject's
 # point of view), nose tip, mouth centre, right ear tragion, left ear tragion.
@@ -78,6 +81,24 @@ def generate_anchors(
 
 
 ANCHORS = generate_anchors()
+
+
+@dataclass(frozen=True)
+class DetectorVariant:
+    """Input size and anchor layout of one BlazeFace model file."""
+
+    input_size: int
+    strides: tuple[int, ...]
+    anchors_per_layer: int
+
+    def anchors(self) -> np.ndarray:
+        return generate_anchors(self.input_size, self.strides, self.anchors_per_layer)
+
+
+VARIANTS = {
+    "short": DetectorVariant(128, (8, 16, 16, 16), 2),
+    "full": DetectorVariant(192, (4,), 1),
+}
 
 
 def decode_boxes(raw: np.ndarray, anchors: np.ndarray = ANCHORS, scale: float = INPUT_SIZE) -> np.ndarray:
@@ -154,18 +175,18 @@ class Letterbox:
         return out
 
 
-def prepare_input(frame_bgr: np.ndarray) -> tuple[np.ndarray, Letterbox]:
-    """Letterbox, resize to 128x128, BGR -> RGB, scale to [-1, 1]; returns [1,128,128,3] float32."""
+def prepare_input(frame_bgr: np.ndarray, input_size: int = INPUT_SIZE) -> tuple[np.ndarray, Letterbox]:
+    """Letterbox, resize to the model's square input, BGR -> RGB, scale to [-1, 1]; [1,S,S,3] float32."""
     height, width = frame_bgr.shape[:2]
     box = Letterbox(width, height)
-    scale = INPUT_SIZE / box.side
-    # resize first (cheap at 128 px), then pad: same result as padding then resizing
+    scale = input_size / box.side
+    # resize first (cheap at the model's size), then pad: same result as padding then resizing
     new_w = max(1, round(width * scale))
     new_h = max(1, round(height * scale))
     small = cv2.resize(frame_bgr, (new_w, new_h), interpolation=cv2.INTER_AREA)
-    canvas = np.zeros((INPUT_SIZE, INPUT_SIZE, 3), dtype=np.uint8)
-    top = (INPUT_SIZE - new_h) // 2
-    left = (INPUT_SIZE - new_w) // 2
+    canvas = np.zeros((input_size, input_size, 3), dtype=np.uint8)
+    top = (input_size - new_h) // 2
+    left = (input_size - new_w) // 2
     canvas[top : top + new_h, left : left + new_w] = small
     # keep the mapping exact for the integer placement used above
     box.pad_x = left / scale
@@ -178,24 +199,29 @@ def prepare_input(frame_bgr: np.ndarray) -> tuple[np.ndarray, Letterbox]:
 class BlazeFaceDetector:
     """Detects faces in BGR frames; one LiteRT interpreter, created once."""
 
-    def __init__(self, model: LoadedModel, min_score: float = 0.6, iou_threshold: float = 0.3) -> None:
+    def __init__(self, model: LoadedModel, min_score: float = 0.6, iou_threshold: float = 0.3,
+                 variant: DetectorVariant | None = None) -> None:
         self.model = model
         self.min_score = min_score
         self.iou_threshold = iou_threshold
-        names = [d["name"] for d in model.outputs]
-        self._reg_index = next(i for i, n in enumerate(names) if "regressor" in n)
-        self._cls_index = next(i for i, n in enumerate(names) if "classificator" in n)
+        self.variant = variant or VARIANTS["short"]
+        self._anchors = self.variant.anchors()
+        # by shape, not name: the sparse full-range file names its outputs Identity, Identity_1
+        last_dims = [int(d["shape"][-1]) for d in model.outputs]
+        self._reg_index = last_dims.index(16)
+        self._cls_index = last_dims.index(1)
 
     def detect(self, frame_bgr: np.ndarray) -> list[Detection]:
         """All faces above the score threshold, best first, in pixel coordinates."""
-        tensor, letterbox = prepare_input(frame_bgr)
+        size = self.variant.input_size
+        tensor, letterbox = prepare_input(frame_bgr, size)
         outputs = self.model.run(tensor)
         raw = outputs[self._reg_index][0]
         scores = sigmoid_scores(outputs[self._cls_index][0, :, 0])
         keep = scores >= self.min_score
         if not keep.any():
             return []
-        decoded = decode_boxes(raw[keep], ANCHORS[keep])
+        decoded = decode_boxes(raw[keep], self._anchors[keep], float(size))
         detections = []
         for coords, score in weighted_nms(decoded, scores[keep], self.iou_threshold):
             corners = letterbox.to_pixels(coords[:4].reshape(2, 2))

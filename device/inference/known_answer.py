@@ -97,7 +97,7 @@ def record(model: LoadedModel | NumpyVoiceEncoder, seed: str) -> dict[str, Any]:
         "input": {"generator": GENERATOR, "seed": seed},
         "outputs": [summarise(o) for o in outputs],
         "tolerance": QUANTIZED_TOLERANCE_LSB if quantized else FLOAT_TOLERANCE,
-        "recorded_with": f"{runtime_name()} on {platform.machine()}",
+        "recorded_with": f"{getattr(model, 'runtime', None) or runtime_name()} on {platform.machine()}",
     }
 
 
@@ -189,6 +189,8 @@ class NumpyVoiceEncoder:
     """The speaker encoder (a PyTorch checkpoint run in numpy, device/inference/voice_encoder.py)
     behind the two things `check` and `record` use of a LiteRT model: `spec` and `run`. Its input
     has a symbolic `partials` dimension; the known answer uses one partial."""
+
+    runtime = "numpy"
 
     def __init__(self, spec: ModelSpec, models_dir: Path) -> None:
         from device.inference.voice_encoder import VoiceEncoder

@@ -41,7 +41,7 @@ import numpy as np
 import pytest
 
 from device.audio.features import speech_feature_windows
-from device.inference.blazeface import prepare_input
+from device.inference.blazeface import VARIANTS, prepare_input
 from device.inference.runtime import MODELS_DIR, read_manifest
 from device.labels import LABELS
 from tests.media import write_av_session
@@ -60,9 +60,12 @@ CPUINFO = "".join(f"processor\t: {n}\nBogoMIPS\t: 108.00\nFeatures\t: fp asimd e
                   "CPU revision\t: 3\n\n" for n in range(4))
 FLOAT_MODEL_TOLERANCE = 1e-4  # of the output's largest magnitude: float kernels may round differently
 # video decoding differs a little between the machines (colour conversion); measured here: 0.0012, 0.018, 0.7 px
+# with the short-range detector on the whole frame; 0.0004, 0.025, 4 px with the full-range detector's
+# search and face window (issue 14), whose window follows the box, so a pixel of difference moves the next
+# detector input too. The model outputs on the same inputs stay bit-identical (compare_models).
 WINDOW_PROB_TOLERANCE = 0.005
 FRAME_PROB_TOLERANCE = 0.04
-BOX_TOLERANCE_PX = 2.0
+BOX_TOLERANCE_PX = 6.0
 CLIP_SECONDS = 4.0
 VENV = "/opt/affectbox/venv/bin"
 TIMINGS: dict[str, float] = {}
@@ -148,7 +151,7 @@ def model_inputs(faces: Path, clip: dict, path: Path) -> None:
         ok, frame = capture.read()
         if not ok:
             break
-        frames.append(prepare_input(frame)[0])
+        frames.append(prepare_input(frame, VARIANTS["full"].input_size)[0])  # the default detector
     capture.release()
     speech = read_manifest(MODELS_DIR / "speech_emotion.json")["input"]
     pcm = np.asarray(clip["pcm"])
@@ -156,7 +159,7 @@ def model_inputs(faces: Path, clip: dict, path: Path) -> None:
     windows = speech_feature_windows(pcm)
     speech_tensors = [np.clip(np.round(w / speech["scale"] + speech["zero_point"]), -128, 127)
                       .astype(np.int8)[None] for w in windows]
-    np.savez(path, affectbox_face_expression=np.stack(face_tensors), blazeface_short_range=np.stack(frames),
+    np.savez(path, affectbox_face_expression=np.stack(face_tensors), blazeface_full_range=np.stack(frames),
              affectbox_speech_emotion=np.stack(speech_tensors))
 
 

@@ -82,8 +82,12 @@ install_app() {
 install_venv() {
     STEP="venv"
     local venv=$R$PREFIX/venv pins stamp
-    # the hub needs the contract's imports (numpy for device.labels, paho-mqtt) and the [hub] pins only
-    pins=$(grep -E '^(numpy|paho-mqtt)==' "$REPO_DIR/requirements/runtime.txt")
+    # the hub needs the contract's imports (numpy for device.labels, paho-mqtt), the dashboard's web
+    # stack (Flask served by waitress, as on the device) and the [hub] pins only; Flask's own
+    # dependencies are pinned in pi-constraints.txt
+    pins=$(grep -E '^(numpy|paho-mqtt|flask|waitress)==' "$REPO_DIR/requirements/runtime.txt")
+    pins+=$'\n'$(grep -E '^(blinker|click|itsdangerous|Jinja2|MarkupSafe|Werkzeug)==' \
+        "$REPO_DIR/requirements/pi-constraints.txt")
     stamp=$(cat "$REPO_DIR/requirements/hub.txt" <(printf '%s\n' "$pins") | sha256sum | cut -d' ' -f1)
     [[ -x $venv/bin/python ]] || quiet "python3 -m venv" python3 -m venv "$venv"
     if [[ ! -f $venv/.hub-stamp || $(<"$venv/.hub-stamp") != "$stamp" ]]; then

@@ -17,12 +17,15 @@ import stat
 import tomllib
 import types
 import typing
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from device.contract.ids import is_opaque_id
 from device.errors import ConfigError
+
+T = TypeVar("T")
 
 DEFAULT_CONFIG_PATH = Path("/etc/affectbox/config.toml")
 
@@ -646,36 +649,50 @@ def parse_toml(text: str, source: str) -> dict[str, Any]:
         raise ConfigError(f"{source}: not a config file: arrays or tables nested too deeply") from None
 
 
-def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
-    """Validate a parsed TOML document; raise ConfigError naming every bad key."""
+def build_config(cls: type[T], raw: dict[str, Any], source: str,
+                 relations: Callable[[T, list[str]], None]) -> T:
+    """A config dataclass of sections (`cls`, the device's `Config` or the hub's) from a parsed TOML
+    document: every key checked against its section's fields, then `relations` between keys;
+    raise ConfigError naming every bad key."""
     errors: list[str] = []
-    sections = {f.name: f for f in dataclasses.fields(Config)}
-    hints = typing.get_type_hints(Config)
+    sections = {f.name: f for f in dataclasses.fields(cls)}  # type: ignore[arg-type]
+    hints = typing.get_type_hints(cls)
     built: dict[str, Any] = {}
     for name, value in raw.items():
         if name not in sections:
             errors.append(f"{name}: unknown section (known: {', '.join(sorted(sections))})")
             continue
         built[name] = _build_section(name, hints[name], value, errors)
-    config = Config(**built)
-    _validate_relations(config, errors)
+    config = cls(**built)
+    relations(config, errors)
     if errors:
         raise ConfigError(f"{source}: " + "; ".join(errors))
     return config
+
+
+def read_config_file(path: str | Path) -> dict[str, Any]:
+    """Read and parse a TOML config file, with one-line errors (missing, unreadable, bad TOML, too
+    deep, too large)."""
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise ConfigError(f"{path}: config file not found") from None
+    except (OSError, UnicodeDecodeError, ValueError) as exc:  # ValueError: a NUL in the path
+        raise ConfigError(f"{path}: cannot read config file ({exc})") from None
+    return parse_toml(text, str(path))
+
+
+def config_from_dict(raw: dict[str, Any], source: str = "config") -> Config:
+    """Validate a parsed TOML document; raise ConfigError naming every bad key."""
+    return build_config(Config, raw, source, _validate_relations)
 
 
 def load_config(path: str | Path | None) -> Config:
     """Load and validate a TOML file; `None` gives the defaults."""
     if path is None:
         return Config()
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc})") from None
-    return config_from_dict(parse_toml(text, str(path)), str(path))
+    return config_from_dict(read_config_file(path), str(path))
 
 
 def describe_defaults() -> str:

@@ -7,16 +7,12 @@ password) live in credential files named here, never in the file itself.
 
 from __future__ import annotations
 
-import dataclasses
-import tomllib
-import typing
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from device.config import _build_section, _opt
+from device.config import _opt, build_config, read_config_file
 from device.contract.ids import is_opaque_id
-from device.errors import ConfigError
 
 DEFAULT_CONFIG_PATH = Path("/etc/affectbox-hub/config.toml")
 DEFAULT_DATABASE_URL = "sqlite:////var/lib/affectbox-hub/hub.db"
@@ -174,35 +170,11 @@ def _validate_relations(config: HubConfig, errors: list[str]) -> None:
 
 def config_from_dict(raw: dict[str, Any], source: str = "config") -> HubConfig:
     """Validate a parsed TOML document; raise ConfigError naming every bad key."""
-    errors: list[str] = []
-    sections = {f.name: f for f in dataclasses.fields(HubConfig)}
-    hints = typing.get_type_hints(HubConfig)
-    built: dict[str, Any] = {}
-    for name, value in raw.items():
-        if name not in sections:
-            errors.append(f"{name}: unknown section (known: {', '.join(sorted(sections))})")
-            continue
-        built[name] = _build_section(name, hints[name], value, errors)
-    config = HubConfig(**built)
-    _validate_relations(config, errors)
-    if errors:
-        raise ConfigError(f"{source}: " + "; ".join(errors))
-    return config
+    return build_config(HubConfig, raw, source, _validate_relations)
 
 
 def load_config(path: str | Path | None) -> HubConfig:
     """Load and validate a TOML file; `None` gives the defaults."""
     if path is None:
         return config_from_dict({}, "defaults")
-    path = Path(path)
-    try:
-        text = path.read_text(encoding="utf-8")
-    except FileNotFoundError:
-        raise ConfigError(f"{path}: config file not found") from None
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"{path}: cannot read config file ({exc})") from None
-    try:
-        raw = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: not valid TOML ({exc})") from None
-    return config_from_dict(raw, str(path))
+    return config_from_dict(read_config_file(path), str(path))

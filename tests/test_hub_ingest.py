@@ -306,3 +306,14 @@ def test_the_newest_info_wins_whatever_order_a_rebuild_replays(tmp_path: Path):
     with engine.begin() as conn:  # rebuild replays by event_id (random v4): any order of the five
         rebuild(conn)
     assert held() == (infos[-1]["event_id"], "0.5.0")
+
+
+def test_a_deeply_nested_config_is_one_line(tmp_path: Path):
+    """The hub reads its config through the device's guarded reader (issue 12's deep-TOML attack)."""
+    path = tmp_path / "deep.toml"
+    path.write_text("a = " + "[" * 5000 + "1" + "]" * 5000 + "\n")
+    result = subprocess.run([sys.executable, "-m", "hub", "validate-config", "--config", str(path)],
+                            capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [f"affectbox-hub: error: {path}: not a config file: arrays or "
+                                                  "tables nested too deeply"]

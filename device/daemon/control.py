@@ -151,7 +151,14 @@ class ControlServer:
             except OSError as exc:
                 log.debug("control: accept failed: %s", exc)
                 return
-            if len(pending) >= MAX_CONNECTIONS:  # the longest-waiting client makes room
+            if len(pending) >= MAX_CONNECTIONS:
+                # first take the held clients whose request (or hang-up) is already waiting to be read:
+                # in a burst they are most of them; only an idle holder is closed to make room
+                for held in sorted(pending, key=lambda c: pending[c][1]):
+                    self._read(selector, pending, held)
+                    if len(pending) < MAX_CONNECTIONS:
+                        break
+            if len(pending) >= MAX_CONNECTIONS:  # the longest-waiting idle client makes room
                 oldest = min(pending, key=lambda c: pending[c][1])
                 self._finish(selector, pending, oldest, {"ok": False, "error": "too many connections; try again"})
             conn.setblocking(False)

@@ -1,4 +1,4 @@
-"""Gates that keep the code's shape: ruff clean, no new import cycle, the contract's import rule.
+"""Gates that keep the code's shape: ruff clean, mypy no worse, no new import cycle, the contract's import rule.
 
 CI may only run the README's commands, so the gates live in the test suite. The import graph is
 read from the source with `ast` (imports inside functions included, because those are how cycles
@@ -7,11 +7,19 @@ were hidden), not by importing anything.
 `KNOWN_CYCLES` is a ratchet: it lists the cycles that existed when the gate was added (issue 13).
 A new cycle fails the test; so does a listed cycle that no longer exists, so the list is shortened
 in the commit that breaks the cycle and can only shrink.
+
+`tests/mypy_ratchet.json` is the same kind of ratchet for type errors: module -> how many errors
+mypy (pyproject.toml's `[tool.mypy]`, defaults rather than --strict) reports in it. A module with
+more errors than recorded fails; so does one with fewer, until its number is lowered (or the module
+removed from the file at zero), so the counts can only go down. Issue 13 started it at 62 errors.
 """
 
 from __future__ import annotations
 
 import ast
+import importlib.util
+import json
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -20,6 +28,9 @@ import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGES = ("device", "hub")
+MYPY_RATCHET = REPO / "tests" / "mypy_ratchet.json"
+# under build/ (ignored by git): a cold run takes about 20 s on 2 cores, a warm one under a second
+MYPY_CACHE = REPO / "build" / "mypy-cache"
 
 KNOWN_CYCLES: set[frozenset[str]] = {
     # the store recomputes summaries (store -> aggregate), aggregation reads its config types
@@ -174,3 +185,51 @@ def test_ruff_check_is_clean() -> None:
     result = subprocess.run([str(ruff), "check", "--quiet", "--no-cache", str(REPO)], cwd=REPO,
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, f"ruff check found problems:\n{result.stdout}{result.stderr}"
+
+
+_MYPY_ERROR = re.compile(r"^(?P<path>[^:\n]+\.pyi?):\d+(?::\d+)?: error: ", re.MULTILINE)
+
+
+def _module_of(path: str) -> str:
+    parts = list(Path(path).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts.pop()
+    return ".".join(parts)
+
+
+def _mypy_counts(output: str) -> dict[str, int]:
+    """module -> number of `error:` lines mypy printed for it (notes are not counted)."""
+    counts: dict[str, int] = {}
+    for match in _MYPY_ERROR.finditer(output):
+        module = _module_of(match["path"])
+        counts[module] = counts.get(module, 0) + 1
+    return counts
+
+
+def test_mypy_counts_are_read_per_module() -> None:
+    output = ("device/store.py:12: error: Bad  [arg-type]\n"
+              "device/store.py:12: note: a note does not count\n"
+              "device/store.py:40:7: error: Worse  [assignment]\n"
+              "hub/__init__.py:3: error: Also  [misc]\n"
+              "Found 3 errors in 2 files (checked 2 source files)\n")
+    assert _mypy_counts(output) == {"device.store": 2, "hub": 1}
+
+
+def test_mypy_errors_only_go_down() -> None:
+    if importlib.util.find_spec("mypy") is None:
+        pytest.skip(f"mypy is not installed for {sys.executable} (./setup.sh --dev installs it)")
+    result = subprocess.run([sys.executable, "-m", "mypy", "--cache-dir", str(MYPY_CACHE), "--no-color-output",
+                             "--no-pretty"], cwd=REPO, capture_output=True, text=True, timeout=240)
+    # 0: no error, 1: errors found; anything else (2) is mypy failing to run, not a count
+    assert result.returncode in (0, 1) and "error: " not in result.stderr, \
+        f"mypy did not run:\n{result.stdout}{result.stderr}"
+    counts = _mypy_counts(result.stdout)
+    recorded: dict[str, int] = json.loads(MYPY_RATCHET.read_text(encoding="utf-8"))
+    worse = {m: (recorded.get(m, 0), n) for m, n in counts.items() if n > recorded.get(m, 0)}
+    better = {m: (n, counts.get(m, 0)) for m, n in recorded.items() if counts.get(m, 0) < n}
+    lines = [line for line in result.stdout.splitlines()
+             if _MYPY_ERROR.match(line) and _module_of(line.split(":", 1)[0]) in worse]
+    assert not worse, ("mypy finds more errors than tests/mypy_ratchet.json allows "
+                       f"(module: (allowed, found)) {worse}; fix them:\n" + "\n".join(lines))
+    assert not better, ("fewer mypy errors than tests/mypy_ratchet.json records (module: (recorded, found)) "
+                        f"{better}: lower those numbers in the file (drop a module at 0) so they stay down")

@@ -55,14 +55,25 @@ def check_secret_permissions(path: str | os.PathLike[str], what: str = "secret")
 
 
 def read_secret(path: str | os.PathLike[str], what: str = "secret") -> str:
-    """The stripped text of a secret file, after the permission check."""
+    """The secret in a one-line file: the one rule every reader of a secret file uses.
+
+    After the permission check, one trailing line break (`\n` or `\r\n`) is dropped and nothing
+    else: a password may begin or end with spaces, and the device, the installer and the hub must
+    all read it the same way (they once read it three ways). An empty file or one with several
+    lines is refused, because either is a mistake that would otherwise show up as a failed login.
+    """
     check_secret_permissions(path, what)
     try:
-        text = Path(path).read_text(encoding="utf-8").strip()
+        text = Path(path).read_text(encoding="utf-8")
     except (OSError, UnicodeDecodeError) as exc:
-        raise CredentialError(f"{path}: cannot read the {what} file ({exc})") from None
+        why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
+        raise CredentialError(f"{path}: cannot read the {what} file ({why})") from None
+    text = text[:-1] if text.endswith("\n") else text
+    text = text[:-1] if text.endswith("\r") else text
     if not text:
         raise CredentialError(f"{path}: the {what} file is empty")
+    if "\n" in text or "\r" in text:
+        raise CredentialError(f"{path}: the {what} file must hold one line")
     return text
 
 

@@ -61,6 +61,7 @@ from device.credentials import (
     CredentialError,
     check_secret_permissions,
     hash_password,
+    read_secret,
     write_secret,
 )
 from device.errors import AffectboxError, ConfigError, HubError
@@ -207,22 +208,11 @@ def parse_config_text(text: str, source: str) -> Config:
 
 
 def read_secret_input(path: str | os.PathLike[str], what: str) -> str:
-    """A secret given as a file: refused when others may read it; one trailing newline dropped."""
+    """A secret given as a file, read by the one rule (device.credentials.read_secret)."""
     try:
-        check_secret_permissions(path, what)
+        return read_secret(path, what)
     except CredentialError as exc:
         raise ProvisionError(str(exc)) from None
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as exc:
-        raise ProvisionError(f"{path}: cannot read the {what} file ({exc})") from None
-    text = text[:-1] if text.endswith("\n") else text
-    text = text[:-1] if text.endswith("\r") else text
-    if not text:
-        raise ProvisionError(f"{path}: the {what} file is empty")
-    if "\n" in text:
-        raise ProvisionError(f"{path}: the {what} file must hold one line")
-    return text
 
 
 def check_label(value: str, what: str) -> str:

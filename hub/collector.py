@@ -25,7 +25,6 @@ import queue
 import ssl
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -37,6 +36,7 @@ from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
 from device.contract.payloads import utc_timestamp
+from device.credentials import CredentialError, read_secret
 from device.errors import AffectboxError
 from hub.config import HubConfig
 from hub.db import one_line
@@ -52,9 +52,9 @@ class CollectorError(AffectboxError):
 
 def _read_secret(path: str, what: str) -> str:
     try:
-        return Path(path).read_text(encoding="utf-8").strip()
-    except OSError as exc:
-        raise CollectorError(f"{what}: cannot read {path} ({exc.strerror or exc})") from None
+        return read_secret(path, what)
+    except CredentialError as exc:
+        raise CollectorError(str(exc)) from None
 
 
 class Collector:

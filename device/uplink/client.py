@@ -68,7 +68,7 @@ from device import __version__
 from device.config import HUB_COMMANDS, HUB_DEFAULT_PORTS, HubConfig, hub_config_problems
 from device.contract import payloads
 from device.contract.topics import OPAQUE_ID_PATTERN, Topics, validate_device_id
-from device.credentials import CredentialError, check_secret_permissions
+from device.credentials import CredentialError, check_secret_permissions, read_secret
 from device.errors import AffectboxError, HubError
 from device.safe_json import JSONLimitError, loads_bounded
 from device.uplink.outbox import Outbox
@@ -382,15 +382,9 @@ class HubClient:
     def _read_secret(self, name: str, what: str) -> str:
         path = self._secret_path(name, what)
         try:
-            text = path.read_text(encoding="utf-8")
-        except (OSError, UnicodeDecodeError) as exc:
-            why = exc.strerror if isinstance(exc, OSError) else "not UTF-8 text"
-            raise HubError(f"hub: cannot read the {what} credential file {path}: {why}") from None
-        secret = text[:-1] if text.endswith("\n") else text
-        secret = secret[:-1] if secret.endswith("\r") else secret
-        if not secret:
-            raise HubError(f"hub: the {what} credential file {path} is empty")
-        return secret
+            return read_secret(path, f"{what} credential")
+        except CredentialError as exc:
+            raise HubError(f"hub: {exc}") from None
 
     def _make_ssl_context(self) -> _TrackingSSLContext:
         key = self._secret_path(self.config.key_file, "TLS key") if self.config.cert_file else None

@@ -20,4 +20,6 @@ nothing else of the device's runtime except `device.health`'s sd_notify and `dev
 typed-section validator; it never needs numpy, OpenCV or the models.
 """
 
-__version__ = "0.1.0"
+from device import __version__  # one version for the whole distribution (pyproject.toml)
+
+__all__ = ["__version__"]

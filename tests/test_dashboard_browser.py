@@ -15,6 +15,7 @@ and, for the README, docs/dashboard-*.png.
 
 from __future__ import annotations
 
+import os
 import re
 import time
 from collections.abc import Iterator
@@ -40,6 +41,8 @@ pytestmark = [pytest.mark.browser, pytest.mark.timeout(420), needs_broker]
 
 ARTIFACTS = ROOT / "build" / "test-artifacts" / "dashboard"
 DOCS = ROOT / "docs"
+# docs/ screenshots only on request (script/screenshots): a test run must not change tracked files
+UPDATE_DOCS = os.environ.get("AFFECTBOX_UPDATE_SCREENSHOTS") == "1"
 ADMIN_PW = "admin password 12"
 
 
@@ -122,7 +125,7 @@ def shot(page: Any, name: str, docs: bool = False) -> None:
     """A full-page screenshot in the artifacts; for the README, the first screen of it in docs/."""
     ARTIFACTS.mkdir(parents=True, exist_ok=True)
     page.screenshot(path=ARTIFACTS / f"{name}.png", full_page=True)
-    if docs:
+    if docs and UPDATE_DOCS:
         page.screenshot(path=DOCS / f"dashboard-{name}.png", full_page=False)
 
 

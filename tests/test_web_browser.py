@@ -40,6 +40,9 @@ REPO = Path(__file__).resolve().parent.parent
 CHROMIUM = Path("/usr/bin/chromium")
 ARTIFACTS = REPO / "build" / "test-artifacts" / "web"
 DOCS_SCREENSHOT = REPO / "docs" / "status-page.png"
+# A test run must not change tracked files: docs/ screenshots are refreshed only on request
+# (script/screenshots sets this), otherwise every run would leave the checkout modified.
+UPDATE_DOCS = os.environ.get("AFFECTBOX_UPDATE_SCREENSHOTS") == "1"
 PASSWORD = "kiosk-password-1"
 LOGIN_REDIRECT = re.compile(r"/login\?next=")
 PATIENT = "P-0042"
@@ -185,7 +188,7 @@ def run_flow(page: Any, base_url: str, shots: Path, *, indicator_timeout_ms: int
 
     assert not page.problems, page.problems  # CSP violations and script errors show up here
     assert page.failed == [(401, "/api/login")], page.failed  # only the wrong password
-    if copy_to_docs:
+    if copy_to_docs and UPDATE_DOCS:
         shutil.copyfile(shots / "3-session-live.png", DOCS_SCREENSHOT)
     return session_id
 

@@ -105,7 +105,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
                   f"macro recall = {figures['macro_recall']:.4f}")
         print(f"  {report['note']}")
     print(format_report(report))
+    print(format_calibration(report["calibration"]))
     return 0
+
+
+def format_calibration(block: dict[str, Any]) -> str:
+    """The `calibration` block of an eval report as two or three lines of text."""
+    lines = [f"\ncalibration (ECE, 15 bins): shipped temperature {block['shipped_temperature']:.3f}: "
+             f"{block['ece_shipped']:.4f}"]
+    if block["cross_fitted"]:
+        temps = ", ".join(f"{f['temperature']:.3f}" for f in block["per_fold"])
+        lines.append(f"  cross-fitted ({block['folds']} folds, {block['split']}; fitted T {temps}): "
+                     f"held-out ECE {block['ece_before']:.4f} (T=1) -> {block['ece_after']:.4f}, "
+                     f"NLL {block['nll_before']:.4f} -> {block['nll_after']:.4f}")
+    if block["note"]:
+        lines.append(f"  {block['note']}")
+    return "\n".join(lines)
 
 
 def cmd_eval_av(args: argparse.Namespace) -> int:

@@ -45,6 +45,14 @@ def test_json_report(tmp_path: Path, split):
     assert cm.shape == (7, 7) and cm.sum() == n and list(cm.sum(axis=1)) == [3] * 7
     assert report["accuracy"] == pytest.approx(np.trace(cm) / n)
     assert set(report["per_class_recall"]) == set(LABELS)
+    calibration = report["calibration"]
+    assert calibration["cross_fitted"] is True and calibration["split"] == "seeded shuffle"
+    assert [f["n"] for f in calibration["per_fold"]] == [11, 10]
+    assert all(0.05 <= f["temperature"] <= 5.1 for f in calibration["per_fold"])
+    for key in ("ece_shipped", "ece_before", "ece_after"):
+        assert 0.0 <= calibration[key] <= 1.0
+    assert calibration["nll_after"] > 0 and calibration["shipped_temperature"] > 0
+    assert "PublicTest" in calibration["note"]
 
 
 def test_text_report(tmp_path: Path):
@@ -52,6 +60,8 @@ def test_text_report(tmp_path: Path):
     result = run(str(tmp_path))
     assert result.returncode == 0
     assert "accuracy" in result.stdout and "confusion matrix" in result.stdout
+    assert "calibration (ECE, 15 bins): shipped temperature" in result.stdout
+    assert "held-out ECE" in result.stdout
 
 
 def test_errors(tmp_path: Path):

@@ -234,6 +234,13 @@ def test_eval_speech_on_generated_corpora(tmp_path: Path, models_dir: Path) -> N
     assert seen[-1] == len(labelled) + 1
     assert 0.0 <= report["accuracy"] <= 1.0
     assert np.array(report["confusion_matrix"]).sum() == len(labelled)
+    calibration = report["calibration"]  # cross-fitted by speaker; in-sample on RAVDESS, and says so
+    assert calibration["cross_fitted"] is True and calibration["split"] == "by group"
+    assert calibration["n"] == len(labelled) and calibration["n_groups"] == len({
+        parse_speech_name(Path(name).name).speaker for name, label in CORPUS_FILES.items() if label is not None
+    })
+    assert calibration["in_sample_corpora"] == ["ravdess"] and "in-sample on RAVDESS" in calibration["note"]
+    assert 0.0 <= calibration["ece_shipped"] <= 1.0 and 0.0 <= calibration["ece_after"] <= 1.0
 
 
 def test_eval_speech_without_labelled_files(tmp_path: Path, config: Config) -> None:

@@ -47,6 +47,18 @@ HUB_MUST_NOT_IMPORT = ("device.capture", "device.inference", "device.audio", "de
                        "device.analyze", "device.aggregate", "device.fusion", "device.store", "device.uplink")
 
 
+# Upward imports that are not cycles but tie a lower part to a higher one (issue 13): the live
+# appliance and the hub do not import the offline tools (analysis, report, provisioning wizard);
+# what both need sits below both (inference.runtime.model_metadata, labels' colours, hub_check).
+MUST_NOT_IMPORT: dict[str, tuple[str, ...]] = {
+    "device.daemon": ("device.analyze", "device.report", "device.evaluate", "device.evaluate_av",
+                      "device.evaluate_speech", "device.provision", "device.cli"),
+    "device.web": ("device.analyze", "device.report", "device.provision", "device.cli"),
+    "device.selftest": ("device.provision", "device.cli"),
+    "device.config": ("device.store", "device.aggregate", "device.fusion"),
+    "hub": ("device.report", "device.analyze", "device.provision"),
+}
+
 def _project_modules() -> dict[str, Path]:
     modules: dict[str, Path] = {}
     for package in PACKAGES:
@@ -175,6 +187,13 @@ def test_hub_and_device_stay_apart() -> None:
               for name, targets in graph.items() if _reaches(name, ("device",))}
     assert not any(device.values()), f"the device imports the hub: { {k: v for k, v in device.items() if v} }"
 
+
+def test_no_upward_imports() -> None:
+    graph = _import_graph(_project_modules())
+    bad = {name: sorted(t for t in targets if _reaches(t, banned))
+           for prefix, banned in MUST_NOT_IMPORT.items()
+           for name, targets in graph.items() if _reaches(name, (prefix,))}
+    assert not any(bad.values()), f"upward imports: { {k: v for k, v in bad.items() if v} }"
 
 def test_ruff_check_is_clean() -> None:
     ruff = Path(sys.executable).with_name("ruff")

@@ -37,7 +37,7 @@ from device.capture.video_file import VideoFileSource
 from device.config import Config
 from device.errors import MediaError
 from device.inference.face import FaceAnalyzer
-from device.inference.runtime import LoadedModel, sha256_file
+from device.inference.runtime import model_metadata
 from device.inference.speech import SpeechAnalyzer
 from device.labels import LABELS
 from device.observation import AudioBlock, Frame, Observation
@@ -105,15 +105,6 @@ def speakers_note(speakers: dict[str, Any], attributing: bool) -> str:
     return (f"speech of enrolled voices excluded from the analysis: {speakers['other_s']:.1f} s "
             f"({0.0 if share is None else 100 * share:.0f} % of the speech); the patient's: "
             f"{speakers['patient_s']:.1f} s")
-
-
-def model_metadata(models: list[LoadedModel]) -> list[dict[str, Any]]:
-    return [{
-        "name": m.spec.name,
-        "version": m.spec.extra.get("version"),
-        "sha256": sha256_file(m.path),
-        "runtime": m.runtime,
-    } for m in models]
 
 
 def _timed(items: Iterator[Frame] | Iterator[AudioBlock], kind: int) -> Iterator[tuple[float, int, Any]]:

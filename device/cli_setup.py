@@ -38,6 +38,7 @@ def _os_error(exc: OSError) -> AffectboxError:
 
 def cmd_provision(args: argparse.Namespace) -> int:
     from device import provision as prov
+    from device.hub_check import format_check
 
     config_path = Path(args.config)
     changes = any(getattr(args, name) not in (None, False) for name in _CHANGE_FLAGS)
@@ -79,7 +80,7 @@ def cmd_provision(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps(check.to_json()))
     else:
-        for line in prov.format_check(check):
+        for line in format_check(check):
             print(line)
     return 0 if check.ok else 1
 

@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
-from device.contract.ids import is_opaque_id
+from device.contract.ids import is_opaque_id, patient_id_problem
 from device.errors import ConfigError
 
 T = TypeVar("T")
@@ -477,13 +477,9 @@ def _validate_relations(config: Config, errors: list[str]) -> None:
     if gpio.enabled and not gpio.led_pin and not gpio.button_pin:
         errors.append("gpio.enabled: needs gpio.led_pin or gpio.button_pin (both are 0)")
     if gpio.kiosk_patient_id:
-        # imported here, not at the top: device.store imports this module (through device.aggregate)
-        from device.store import PatientIdError, validate_patient_id
-
-        try:
-            validate_patient_id(gpio.kiosk_patient_id)
-        except PatientIdError as exc:
-            errors.append(f"gpio.kiosk_patient_id: {exc}")
+        problem = patient_id_problem(gpio.kiosk_patient_id)
+        if problem is not None:
+            errors.append(f"gpio.kiosk_patient_id: {problem}")
         if not gpio.button_pin:
             errors.append("gpio.kiosk_patient_id: needs gpio.button_pin (the button starts the kiosk's sessions)")
 

@@ -29,6 +29,11 @@ class CredentialError(AffectboxError):
     """A secret file is missing, unreadable, malformed or has loose permissions."""
 
 
+def credentials_folder(config_path: str | os.PathLike[str]) -> Path:
+    """The folder of the secret files that belong to a config file: `<config dir>/credentials`."""
+    return Path(config_path).resolve().parent / "credentials"
+
+
 def credentials_dir() -> Path | None:
     """systemd's credentials directory ($CREDENTIALS_DIRECTORY), or None outside systemd."""
     value = os.environ.get("CREDENTIALS_DIRECTORY")

@@ -1,4 +1,4 @@
-"""The one label set shared by both modalities, and its valence/arousal coordinates.
+"""The one label set shared by both modalities, its valence/arousal coordinates and its colours.
 
 Order is FER2013's original integer order; every model, manifest and payload uses it.
 """
@@ -9,6 +9,21 @@ import numpy as np
 
 LABELS: tuple[str, ...] = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
 NUM_LABELS = len(LABELS)
+
+# One colour per label for every chart (the offline report, the device's page, the hub's
+# dashboard): the Okabe-Ito palette (distinguishable with the common colour-vision deficiencies);
+# yellow is left out for its low contrast on white, neutral is a dark grey.
+LABEL_COLOURS: dict[str, str] = {
+    "angry": "#D55E00",
+    "disgust": "#009E73",
+    "fear": "#CC79A7",
+    "happy": "#E69F00",
+    "sad": "#0072B2",
+    "surprise": "#56B4E9",
+    "neutral": "#4D4D4D",
+}
+NO_MOOD_COLOUR = "#E3E3E3"  # a window without a mood estimate
+OTHER_COLOUR = "#999999"  # a label outside LABELS
 
 # Valence (unpleasant -1 .. pleasant +1) and arousal (calm -1 .. activated +1) per label.
 # Source: the circumplex model of affect (J. A. Russell, "A circumplex model of affect",

@@ -37,24 +37,11 @@ from typing import Any
 
 import numpy as np
 
-from device.labels import LABELS
+from device.labels import LABEL_COLOURS, LABELS, NO_MOOD_COLOUR, OTHER_COLOUR
 from device.notice import NOT_A_DIAGNOSIS
 
 MAX_POINTS = 600  # most points per probability line; longer timelines are averaged into time bins
 
-# Okabe-Ito palette (distinguishable with the common colour-vision deficiencies); yellow is left
-# out for its low contrast on white, neutral is a dark grey.
-LABEL_COLOURS: dict[str, str] = {
-    "angry": "#D55E00",
-    "disgust": "#009E73",
-    "fear": "#CC79A7",
-    "happy": "#E69F00",
-    "sad": "#0072B2",
-    "surprise": "#56B4E9",
-    "neutral": "#4D4D4D",
-}
-NO_MOOD_COLOUR = "#E3E3E3"
-OTHER_COLOUR = "#999999"
 VALENCE_COLOUR = "#0072B2"
 AROUSAL_COLOUR = "#D55E00"
 SHARE_COLOUR = "#009E73"

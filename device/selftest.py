@@ -425,8 +425,8 @@ def check_answers(config: Config) -> CheckResult:
 
 
 def check_hub(config: Config, options: SelftestOptions, device_id: str) -> CheckResult:
-    from device.provision import check_hub as run_hub_check
-    from device.provision import hub_secrets_dir
+    from device.hub_check import check_hub as run_hub_check
+    from device.hub_check import hub_secrets_dir
 
     if not config.hub.enabled:
         return CheckResult("hub", "skip", "hub.enabled = false")

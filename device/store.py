@@ -57,7 +57,6 @@ import csv
 import dataclasses
 import json
 import math
-import re
 import sqlite3
 import threading
 import urllib.parse
@@ -70,7 +69,7 @@ from typing import TYPE_CHECKING, Any, TextIO
 import numpy as np
 
 from device.aggregate import Window, summarize
-from device.contract.ids import OPAQUE_ID_PATTERN
+from device.contract.ids import OPAQUE_ID_PATTERN, patient_id_problem
 from device.errors import AffectboxError
 from device.labels import LABELS
 from device.sqlite_file import BUSY_TIMEOUT_MS, explain_error, open_durable, write_transaction
@@ -81,7 +80,6 @@ if TYPE_CHECKING:
 
 SCHEMA_VERSION = 2
 PATIENT_ID_PATTERN = OPAQUE_ID_PATTERN  # patients are opaque ids (device.contract.ids)
-_PATIENT_ID_RE = re.compile(PATIENT_ID_PATTERN)
 STATES = ("running", "ended", "interrupted")
 END_STATES = ("ended", "interrupted")
 KIND = "session store"
@@ -240,19 +238,11 @@ def _shown(value: Any, limit: int = 40) -> str:
 def validate_patient_id(patient_id: Any) -> str:
     """Return the id unchanged if it is an opaque id (1-64 of [A-Za-z0-9._-]); raise PatientIdError otherwise.
 
-    The narrow alphabet keeps names, dates of birth with slashes, e-mail addresses and the like
-    out of the device, and makes the id safe in file names, CSV cells and MQTT topics.
+    The rule and its messages are `device.contract.ids.patient_id_problem`.
     """
-    if not isinstance(patient_id, str):
-        raise PatientIdError(f"patient id must be a string (got {type(patient_id).__name__})")
-    if not patient_id:
-        raise PatientIdError("patient id is empty; give the opaque id of 1-64 characters of A-Z a-z 0-9 . _ -")
-    if len(patient_id) > 64:
-        raise PatientIdError(f"patient id {_shown(patient_id)} is longer than 64 characters")
-    if not _PATIENT_ID_RE.fullmatch(patient_id):
-        bad = next(c for c in patient_id if not _PATIENT_ID_RE.fullmatch(c))
-        raise PatientIdError(f"patient id {_shown(patient_id)} contains {bad!r}; "
-                             "only letters A-Z a-z, digits, '.', '_' and '-' are allowed (an opaque id, not a name)")
+    problem = patient_id_problem(patient_id)
+    if problem is not None:
+        raise PatientIdError(problem)
     return patient_id
 
 

@@ -23,9 +23,9 @@ import pytest
 from device.config import HubConfig, config_from_dict, describe_defaults
 from device.credentials import verify_password
 from device.errors import ConfigError
+from device.hub_check import check_hub
 from device.provision import (
     ProvisionError,
-    check_hub,
     config_skeleton,
     set_config_values,
 )

@@ -30,7 +30,6 @@ from pathlib import Path
 from typing import Any
 
 from device import __version__
-from device.analyze import model_metadata
 from device.capture.live import (
     Backend,
     BoundedLatest,
@@ -57,7 +56,7 @@ from device.identity import resolve_device_id
 from device.indicator import Indicator
 from device.inference.face import FaceAnalyzer
 from device.inference.known_answer import require_known_answers
-from device.inference.runtime import resolve_models_dir
+from device.inference.runtime import model_metadata, resolve_models_dir
 from device.inference.speech import SpeechAnalyzer
 from device.store import Store
 from device.voice.loading import device_attributor

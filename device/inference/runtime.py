@@ -150,6 +150,16 @@ class LoadedModel:
         return [self.interpreter.get_tensor(d["index"]) for d in self.outputs]
 
 
+def model_metadata(models: list[LoadedModel]) -> list[dict[str, Any]]:
+    """Name, version, sha256 and runtime of each loaded model, as analyses and the daemon record them."""
+    return [{
+        "name": m.spec.name,
+        "version": m.spec.extra.get("version"),
+        "sha256": sha256_file(m.path),
+        "runtime": m.runtime,
+    } for m in models]
+
+
 def verify_file(spec: ModelSpec, path: Path) -> None:
     """Raise ModelError unless `path` exists and has the manifest's sha256."""
     if not path.is_file():

@@ -30,9 +30,8 @@ from werkzeug.exceptions import HTTPException
 from device import __version__
 from device.credentials import parse_password_hash
 from device.errors import AffectboxError
-from device.labels import LABELS, VALENCE_AROUSAL
+from device.labels import LABEL_COLOURS, LABELS, VALENCE_AROUSAL
 from device.notice import NOT_A_DIAGNOSIS, NOTICE_SHORT
-from device.report import LABEL_COLOURS
 from device.safe_json import JSONLimitError, loads_bounded
 from device.store import (
     PATIENT_ID_PATTERN,

@@ -12,8 +12,7 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
-from device.labels import LABELS
-from device.report import LABEL_COLOURS, NO_MOOD_COLOUR, OTHER_COLOUR
+from device.labels import LABEL_COLOURS, LABELS, NO_MOOD_COLOUR, OTHER_COLOUR
 from hub.dashboard.flags import Chart
 from hub.dashboard.records import SessionPoint, parse_time
 

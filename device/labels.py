@@ -25,6 +25,16 @@ LABEL_COLOURS: dict[str, str] = {
 NO_MOOD_COLOUR = "#E3E3E3"  # a window without a mood estimate
 OTHER_COLOUR = "#999999"  # a label outside LABELS
 
+# Colours of the lines and bars that are not labels, for every chart: none of them is a label's
+# colour, so a valence line is never read as "sad" nor a face-coverage bar as "disgust"
+# (tests/test_labels.py checks it). The device's page gets them from its template, not a copy.
+VALENCE_COLOUR = "#1b1f24"  # near-black, solid line
+AROUSAL_COLOUR = "#7a4fa0"  # purple, dashed where the medium allows
+FACE_COLOUR = "#8C6D31"  # ochre: share of frames with a face
+VOICE_COLOUR = "#6A3D9A"  # violet: share of time with speech, prosody
+CHART_COLOURS: dict[str, str] = {"valence": VALENCE_COLOUR, "arousal": AROUSAL_COLOUR, "face": FACE_COLOUR,
+                                 "voice": VOICE_COLOUR, "no_mood": NO_MOOD_COLOUR}
+
 # Valence (unpleasant -1 .. pleasant +1) and arousal (calm -1 .. activated +1) per label.
 # Source: the circumplex model of affect (J. A. Russell, "A circumplex model of affect",
 # J. Pers. Soc. Psychol. 39(6):1161-1178, 1980), where each affect word sits at an angle around

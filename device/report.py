@@ -37,16 +37,20 @@ from typing import Any
 
 import numpy as np
 
-from device.labels import LABEL_COLOURS, LABELS, NO_MOOD_COLOUR, OTHER_COLOUR
+from device.labels import (
+    AROUSAL_COLOUR,
+    FACE_COLOUR,
+    LABEL_COLOURS,
+    LABELS,
+    NO_MOOD_COLOUR,
+    OTHER_COLOUR,
+    VALENCE_COLOUR,
+    VOICE_COLOUR,
+)
 from device.notice import NOT_A_DIAGNOSIS
 
 MAX_POINTS = 600  # most points per probability line; longer timelines are averaged into time bins
 
-VALENCE_COLOUR = "#0072B2"
-AROUSAL_COLOUR = "#D55E00"
-SHARE_COLOUR = "#009E73"
-FACE_COLOUR = SHARE_COLOUR
-VOICE_COLOUR = "#6A3D9A"
 # the two at 80% on white, opaque: adjacent thin bars neither overlap darker nor show the grid through
 FACE_TINT, VOICE_TINT = "#33B18F", "#8864AE"
 THRESHOLD_COLOUR = "#B33C00"

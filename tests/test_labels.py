@@ -36,3 +36,28 @@ def test_valence_arousal_is_expectation():
     # unnormalised input is normalised; an empty vector is neutral
     assert valence_arousal(onehot[3] * 4) == pytest.approx(VALENCE_AROUSAL["happy"])
     assert valence_arousal(np.zeros(len(LABELS))) == (0.0, 0.0)
+
+
+def test_chart_colours_are_never_label_colours():
+    """A valence line must not read as "sad", a face-coverage bar not as "disgust" (issue 13)."""
+    from device.labels import CHART_COLOURS, LABEL_COLOURS, OTHER_COLOUR
+
+    label_colours = {c.lower() for c in LABEL_COLOURS.values()} | {OTHER_COLOUR.lower()}
+    chart = [c.lower() for c in CHART_COLOURS.values()]
+    assert len(set(chart)) == len(chart), CHART_COLOURS
+    assert not label_colours & set(chart), CHART_COLOURS
+
+
+def test_the_report_and_the_page_draw_lines_in_the_chart_colours():
+    import re
+    from pathlib import Path
+
+    from device.labels import AROUSAL_COLOUR, VALENCE_COLOUR
+
+    root = Path(__file__).resolve().parent.parent
+    script = (root / "device" / "web" / "static" / "app.js").read_text()
+    # the page's script holds no colour of its own for the lines: it reads them from the template
+    assert not re.search(r"_COLOUR\s*=\s*\"#", script)
+    from device import report
+
+    assert report.VALENCE_COLOUR == VALENCE_COLOUR and report.AROUSAL_COLOUR == AROUSAL_COLOUR

@@ -30,7 +30,7 @@ from werkzeug.exceptions import HTTPException
 from device import __version__
 from device.credentials import parse_password_hash
 from device.errors import AffectboxError
-from device.labels import LABEL_COLOURS, LABELS, VALENCE_AROUSAL
+from device.labels import CHART_COLOURS, LABEL_COLOURS, LABELS, OTHER_COLOUR, VALENCE_AROUSAL
 from device.notice import NOT_A_DIAGNOSIS, NOTICE_SHORT
 from device.safe_json import JSONLimitError, loads_bounded
 from device.store import (
@@ -564,7 +564,8 @@ def create_app(control: ApplianceControl, *, password_hash: str | None, secret_k
 
     @app.context_processor
     def labels() -> dict[str, Any]:
-        return {"label_info": [{"label": label, "colour": LABEL_COLOURS.get(label, "#999999"),
+        return {"chart_colours": CHART_COLOURS,
+                "label_info": [{"label": label, "colour": LABEL_COLOURS.get(label, OTHER_COLOUR),
                                 "valence": VALENCE_AROUSAL[label][0], "arousal": VALENCE_AROUSAL[label][1]}
                                for label in LABELS]}
 

@@ -12,12 +12,10 @@ from typing import Any
 
 from markupsafe import Markup, escape
 
-from device.labels import LABEL_COLOURS, LABELS, NO_MOOD_COLOUR, OTHER_COLOUR
+from device.labels import AROUSAL_COLOUR, LABEL_COLOURS, LABELS, NO_MOOD_COLOUR, OTHER_COLOUR, VALENCE_COLOUR
 from hub.dashboard.flags import Chart
 from hub.dashboard.records import SessionPoint, parse_time
 
-VALENCE_COLOUR = "#1b1f24"
-AROUSAL_COLOUR = "#7a4fa0"
 EWMA_COLOUR = "#0072B2"
 LIMIT_COLOUR = "#b3261e"
 PHQ_COLOUR = "#a25b00"

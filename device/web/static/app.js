@@ -8,10 +8,11 @@
   const DASH = "–";
   const STATUS_POLL_MS = 3000;
   const LIVE_POLL_MS = 2000;
-  // the two lines use colours outside the label palette (device/report.py), so a line is never read as a label
-  const VALENCE_COLOUR = "#1b1f24";
-  const AROUSAL_COLOUR = "#7a4fa0";
-  const NO_MOOD_COLOUR = "#E3E3E3";
+  // chart colours outside the label palette, from device/labels.py through the template (one place)
+  const CHART_COLOURS = JSON.parse(document.getElementById("chart-colours").textContent || "{}");
+  const VALENCE_COLOUR = CHART_COLOURS.valence;
+  const AROUSAL_COLOUR = CHART_COLOURS.arousal;
+  const NO_MOOD_COLOUR = CHART_COLOURS.no_mood;
   const LABEL_INFO = JSON.parse(document.getElementById("label-info").textContent || "[]");
   const COLOURS = Object.fromEntries(LABEL_INFO.map((x) => [x.label, x.colour]));
 
@@ -625,7 +626,7 @@
         box.append(el("p", { class: "meta", text: `${name}${unit ? " (" + unit + ")" : ""}` }));
         box.append(chart({
           width: 900, height: 130, x: [x0, x1], y: [lo, hi], yTicks: niceTicks(lo, hi), xTicks, yFormat: (v) => v.toFixed(digits),
-          label: name, dots: values.map((v, i) => ({ x: times[i], y: v, colour: "#009E73", r: 4, title: `${when(sessions[i].started_utc)}: ${fmt(v, digits)}` })),
+          label: name, dots: values.map((v, i) => ({ x: times[i], y: v, colour: CHART_COLOURS.face, r: 4, title: `${when(sessions[i].started_utc)}: ${fmt(v, digits)}` })),
         }));
       }
       if (!any) box.append(el("p", { class: "muted", text: "No speech in these sessions, so no prosody." }));

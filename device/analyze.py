@@ -35,6 +35,7 @@ from device.capture.audio_file import AudioFileSource
 from device.capture.probe import probe_media
 from device.capture.video_file import VideoFileSource
 from device.config import Config
+from device.contract.timestamps import utc_timestamp
 from device.errors import MediaError
 from device.inference.face import FaceAnalyzer
 from device.inference.runtime import model_metadata
@@ -239,7 +240,7 @@ def analyze_media(
     })
     summary.update({
         "software_version": __version__,
-        "created_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+        "created_utc": utc_timestamp(),
         "source": {
             "file": media.name,
             "audio_file": audio_info.path.name if audio_info else None,

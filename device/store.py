@@ -70,6 +70,7 @@ import numpy as np
 
 from device.aggregate import Window, summarize
 from device.contract.ids import OPAQUE_ID_PATTERN, patient_id_problem
+from device.contract.timestamps import as_utc_timestamp
 from device.errors import AffectboxError
 from device.labels import LABELS
 from device.sqlite_file import BUSY_TIMEOUT_MS, explain_error, open_durable, write_transaction
@@ -891,7 +892,7 @@ def _export_row(session_id: str, patient_id: str, started: str, window: Mapping[
     probs = window.get("probs") or {}
     prosody = window.get("prosody") or {}
     row: dict[str, Any] = {
-        "session_id": session_id, "patient_id": patient_id, "session_started_utc": started,
+        "session_id": session_id, "patient_id": patient_id, "session_started_utc": as_utc_timestamp(started),
         "window_index": window.get("index"), "start_s": window.get("start"), "end_s": window.get("end"),
         "has_mood": bool(window.get("has_mood", window.get("probs") is not None)),
         "dominant": window.get("dominant"), "valence": window.get("valence"), "arousal": window.get("arousal"),

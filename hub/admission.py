@@ -29,7 +29,7 @@ from pathlib import Path
 from sqlalchemy import Engine, select, update
 
 from device.contract.ids import is_opaque_id
-from device.contract.payloads import utc_timestamp
+from device.contract.timestamps import utc_timestamp
 from device.errors import AffectboxError
 from hub import schema
 from hub.config import HubConfig

@@ -35,7 +35,7 @@ from paho.mqtt.subscribeoptions import SubscribeOptions
 from sqlalchemy import Engine
 from sqlalchemy.exc import SQLAlchemyError
 
-from device.contract.payloads import utc_timestamp
+from device.contract.timestamps import utc_timestamp
 from device.credentials import CredentialError, read_secret
 from device.errors import AffectboxError
 from hub.config import HubConfig

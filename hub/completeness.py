@@ -25,7 +25,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, and_, func, select, update
 
-from device.contract.payloads import utc_timestamp
+from device.contract.timestamps import utc_timestamp
 from hub import schema
 from hub.config import HubConfig
 

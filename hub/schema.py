@@ -11,7 +11,7 @@
   rebuilt from it (`affectbox-hub rebuild`, and the migration's check).
 - `resend_requests`: what the hub asked devices to resend (completeness.py).
 
-Times are UTC ISO-8601 strings with milliseconds (`device.contract.payloads.utc_timestamp`),
+Times are UTC ISO-8601 strings with milliseconds (`device.contract.timestamps.utc_timestamp`),
 which sort as text on both databases.
 """
 

@@ -25,7 +25,7 @@ from dataclasses import dataclass, field
 from sqlalchemy import Connection, Engine, select, update
 from sqlalchemy.exc import SQLAlchemyError
 
-from device.contract.payloads import utc_timestamp
+from device.contract.timestamps import utc_timestamp
 from hub import schema
 from hub.config import HubConfig
 from hub.db import insert_ignoring_conflicts

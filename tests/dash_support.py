@@ -17,7 +17,7 @@ from sqlalchemy import Engine
 
 from device.aggregate import NOT_A_DIAGNOSIS
 from device.contract import payloads
-from device.contract.payloads import utc_timestamp
+from device.contract.timestamps import utc_timestamp
 from device.labels import LABELS, VALENCE_AROUSAL
 from hub.config import config_from_dict
 from hub.writer import Delivery, Writer

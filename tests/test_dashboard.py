@@ -18,6 +18,7 @@ from typing import ClassVar
 import pytest
 from sqlalchemy import select
 
+from device.contract.timestamps import UTC_TIMESTAMP_RE
 from device.notice import NOT_A_DIAGNOSIS
 from device.web.security import COOKIE_NAME
 from hub import schema
@@ -289,6 +290,7 @@ def test_fhir_bundle_validates_and_maps_each_session(app, record):
     assert {"arousal", "valence-sd", "coverage-mood", "coverage-face", "coverage-speech"} <= codes
     assert {f"prob-{label}" for label in ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")} <= codes
     assert obs["effectivePeriod"]["end"] > obs["effectivePeriod"]["start"]
+    assert all(UTC_TIMESTAMP_RE.fullmatch(t) for t in obs["effectivePeriod"].values()), obs["effectivePeriod"]
     assert obs["note"][0]["text"] == NOT_A_DIAGNOSIS
     devices = [e for e in document["entry"] if e["resource"]["resourceType"] == "Device"]
     assert len(devices) == 3  # room-b, room-a with face 1.0, room-a with face 2.0

@@ -12,6 +12,7 @@ import pytest
 
 from device.aggregate import WindowAggregator
 from device.config import AggregationConfig
+from device.contract.timestamps import UTC_TIMESTAMP_RE, parse_utc_timestamp, utc_timestamp
 from device.labels import LABELS
 from device.observation import Observation
 from device.store import Store
@@ -55,6 +56,7 @@ def test_patient_csv_to_stdout(db):
     assert result.returncode == 0, result.stderr
     rows = list(csv.DictReader(io.StringIO(result.stdout)))
     assert len(rows) == 6 and {r["session_id"] for r in rows} == set(ids)
+    assert all(UTC_TIMESTAMP_RE.fullmatch(r["session_started_utc"]) for r in rows), rows[0]
     assert "exported 6 windows" in result.stderr and "does not diagnose" in result.stderr
 
 
@@ -65,6 +67,9 @@ def test_session_jsonl_to_private_file(db, tmp_path):
     assert result.returncode == 0, result.stderr
     rows = [json.loads(line) for line in out.read_text().splitlines()]
     assert len(rows) == 3 and all(r["dominant"] == "sad" for r in rows)
+    with Store.open(path, readonly=True) as store:  # the store keeps its `+00:00` form; the export writes the one
+        started = parse_utc_timestamp(store.session(ids[1]).started_utc)
+    assert {r["session_started_utc"] for r in rows} == {utc_timestamp(started)}
     assert out.stat().st_mode & 0o777 == 0o600
 
 

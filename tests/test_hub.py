@@ -268,6 +268,32 @@ def test_schemas_are_valid_draft_2020_12():
         jsonschema.Draft202012Validator.check_schema(schema)
 
 
+def test_one_utc_format_is_the_schemas_ts_and_round_trips():
+    from datetime import UTC, datetime, timedelta, timezone
+
+    from device.contract import timestamps
+
+    for name in payloads.SCHEMA_NAMES:
+        ts = payloads.load_schema(name).get("properties", {}).get("ts")
+        if ts is not None:
+            assert ts["pattern"] == timestamps.UTC_TIMESTAMP_PATTERN, name
+    moment = datetime(2025, 1, 31, 9, 15, 2, 123456, tzinfo=UTC)
+    text = timestamps.utc_timestamp(moment)
+    assert text == timestamps.EXAMPLE and TS.match(text) and timestamps.UTC_TIMESTAMP_RE.match(text)
+    assert timestamps.utc_timestamp(moment.astimezone(timezone(timedelta(hours=2)))) == text
+    assert timestamps.parse_utc_timestamp(text) == moment.replace(microsecond=123000)
+    assert payloads.envelope("info", "dev-1", None, 0, now=moment)["ts"] == text  # payloads unchanged
+    # what stores and older answers hold reads too; the one format comes out
+    for stored in ("2025-01-31T09:15:02.123+00:00", "2025-01-31T10:15:02.123+01:00", "2025-01-31T09:15:02.123000Z"):
+        assert timestamps.as_utc_timestamp(stored) == text, stored
+    assert timestamps.as_utc_timestamp("2025-01-31T09:15:02Z") == "2025-01-31T09:15:02.000Z"
+    assert timestamps.as_utc_timestamp(None) is None
+    for bad in ("2025-01-31T09:15:02", "2025-01-31", "yesterday", ""):
+        with pytest.raises(ValueError):
+            timestamps.parse_utc_timestamp(bad)
+    assert timestamps.parse_utc_timestamp("2025-01-31T09:15:02", assume_utc=True) == moment.replace(microsecond=0)
+
+
 def test_payloads_built_from_real_output_validate(session_output, tmp_path: Path):
     windows, summary = session_output
     assert len(windows) == 3 and any(w.probs is None for w in windows) and windows[0].prosody is not None

@@ -19,6 +19,7 @@ import pytest
 import soundfile
 
 from device.config import Config
+from device.contract.timestamps import UTC_TIMESTAMP_RE
 from device.errors import ModelError
 from device.inference.torch_weights import LEGACY_MAGIC, load_checkpoint
 from device.voice.enrollment import enroll_pcm
@@ -106,7 +107,12 @@ def test_voiceprint_store_is_private_and_checks_names(tmp_path):
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
     assert stat.S_IMODE((tmp_path / "voices").stat().st_mode) == 0o700
     assert [v.name for v in store.load()] == ["dr-smith"]
-    assert "embedding" not in store.load()[0].listing()
+    listing = store.load()[0].listing()
+    assert "embedding" not in listing and UTC_TIMESTAMP_RE.fullmatch(listing["created_utc"])
+    old = json.loads(path.read_text())  # a file from before the one format: answered in it
+    old["created_utc"] = "2025-01-31T09:15:02Z"
+    path.write_text(json.dumps(old))
+    assert store.load()[0].listing()["created_utc"] == "2025-01-31T09:15:02.000Z"
     for bad in ("../etc", "a/b", "", ".hidden", "x" * 65):
         with pytest.raises(VoiceprintError, match="not valid"):
             store.save(bad, vector, 1.0, 1)

@@ -667,6 +667,41 @@ def test_openapi_documents_every_api_route(double: ApplianceDouble) -> None:
     assert "does not diagnose" in OPENAPI["info"]["description"]
 
 
+def test_every_answered_time_is_in_the_one_utc_format(client: FlaskClient, double: ApplianceDouble) -> None:
+    """/api/session/start, /api/status, /api/live, /api/sessions, /api/sessions/<id> and the trend answer
+    UTC times as device.contract.timestamps writes them, although the store keeps its own `+00:00` form."""
+    from device.contract.timestamps import UTC_TIMESTAMP_PATTERN, UTC_TIMESTAMP_RE, parse_utc_timestamp, utc_timestamp
+
+    assert OPENAPI["components"]["schemas"]["UtcTimestamp"]["pattern"] == UTC_TIMESTAMP_PATTERN
+    csrf = {"X-CSRF-Token": login(client)}
+    started = client.post("/api/session/start", json={"patient_id": "P-TS", "consent": True}, headers=csrf)
+    assert started.status_code == 201, started.json
+    session_id = started.json["session_id"]
+    double.feed(2)
+    live = client.get("/api/live").json
+    status = client.get("/api/status").json
+    check_schema("Live", live)
+    check_schema("Status", status)
+    assert client.post("/api/session/stop", json={}, headers=csrf).status_code == 200
+    listed = client.get("/api/sessions?patient=P-TS").json["sessions"]
+    detail = client.get(f"/api/sessions/{session_id}").json["session"]
+    trend = client.get("/api/patients/P-TS/trend?period=week").json["sessions"]
+    for row in (*listed, detail):
+        check_schema("SessionRecord", row)
+    stored = double.store.session(session_id)
+    assert stored.started_utc.endswith("+00:00")  # storage is unchanged: rewritten on the way out
+    starts = [started.json["started_utc"], live["session"]["started_utc"], status["session"]["started_utc"],
+              *(r["started_utc"] for r in listed), detail["started_utc"], *(p["started_utc"] for p in trend)]
+    ends = [listed[0]["ended_utc"], detail["ended_utc"]]
+    assert len(starts) == 6 and len(ends) == 2
+    for text in starts + ends:
+        assert UTC_TIMESTAMP_RE.fullmatch(text), text
+        assert re.fullmatch(r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z", text), text
+        assert utc_timestamp(parse_utc_timestamp(text)) == text
+    assert {parse_utc_timestamp(t) for t in starts} == {parse_utc_timestamp(stored.started_utc)}
+    assert {parse_utc_timestamp(t) for t in ends} == {parse_utc_timestamp(stored.ended_utc or "")}
+
+
 def test_templates_and_static_files_ship_as_package_data() -> None:
     import fnmatch
     import tomllib

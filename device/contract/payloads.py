@@ -10,7 +10,8 @@ Every JSON payload starts with the same envelope:
 - `seq`: per stream, strictly increasing: one stream per session (session, mood and summary
   events of that session) and one for the device (session_id null). Gaps are possible (an event
   dropped at the outbox bound, a crash between numbering and queueing); the hub orders by seq;
-- `ts`: when the payload was built, UTC ISO-8601 with milliseconds (`2025-01-31T09:15:02.123Z`).
+- `ts`: when the payload was built, UTC ISO-8601 with milliseconds (`2025-01-31T09:15:02.123Z`,
+  `device.contract.timestamps.utc_timestamp`, the one format of every outward timestamp).
   A Pi has no real-time clock: before NTP sync `ts` can be off, so order by `seq`, never by `ts`.
 
 Only aggregates leave the device. The mood and summary builders copy named fields from
@@ -28,10 +29,11 @@ import json
 import math
 import uuid
 from collections.abc import Iterable, Mapping
-from datetime import UTC, datetime
+from datetime import datetime
 from importlib import resources
 from typing import Any
 
+from device.contract.timestamps import utc_timestamp
 from device.labels import LABELS
 
 SCHEMA_VERSION = 2  # 2: mood and summary carry `speakers` (patient and other speech seconds); 1 still validates
@@ -50,12 +52,6 @@ _WINDOW_PROSODY_KEYS = ("n_utterances", "speech_s", "speech_share", "voiced_s", 
 _SUMMARY_PROSODY_KEYS = ("speech_s", "f0_mean_hz", "f0_sd_hz", "f0_mean_st", "f0_sd_st", "energy_sd_db",
                          "speaking_rate", "articulation_rate", "pause_ratio", "mean_pause_s")
 _DEVIATION_FIELD_KEYS = ("value", "mean", "sd", "sd_used", "n", "z")
-
-
-def utc_timestamp(moment: datetime | None = None) -> str:
-    """UTC ISO-8601 with milliseconds and a `Z`: `2025-01-31T09:15:02.123Z`."""
-    moment = datetime.now(UTC) if moment is None else moment.astimezone(UTC)
-    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 def envelope(kind: str, device_id: str, session_id: str | None, seq: int, *,

@@ -31,6 +31,7 @@ from typing import TYPE_CHECKING, Any
 
 from device.aggregate import Window, WindowAggregator, summarize
 from device.config import Config
+from device.contract.timestamps import utc_timestamp
 from device.errors import AffectboxError
 from device.health import Heartbeats
 from device.observation import Observation
@@ -407,7 +408,7 @@ class Recorder:
                                       lateness=self.speech_lateness_s if "speech" in self.modalities else 0.0,
                                       min_pause_s=self.config.speech.min_pause_ms / 1000)
         running = _Running(session_id, patient_id, consent, origin, now,
-                           datetime.now(UTC).isoformat(timespec="seconds").replace("+00:00", "Z"), limit, source,
+                           utc_timestamp(), limit, source,
                            aggregator, last_presence_mono=now)
         running.counts = {m: {"items": 0, "present": 0} for m in self.modalities}
         self._running = running

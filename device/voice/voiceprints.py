@@ -12,13 +12,13 @@ from __future__ import annotations
 import json
 import os
 import re
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from device.contract.timestamps import as_utc_timestamp, utc_timestamp
 from device.credentials import write_secret
 from device.errors import AffectboxError
 from device.inference.voice_encoder import EMBEDDING_SIZE
@@ -50,8 +50,12 @@ class Voiceprint:
     utterances: int
 
     def listing(self) -> dict[str, Any]:
-        """What may be shown: everything but the embedding."""
-        return {"name": self.name, "created_utc": self.created_utc, "speech_s": round(self.speech_s, 1),
+        """What may be shown: everything but the embedding (`created_utc` in the one UTC format; empty if unknown)."""
+        try:
+            created = as_utc_timestamp(self.created_utc) or ""
+        except ValueError:  # a file from before the field, or written by hand
+            created = ""
+        return {"name": self.name, "created_utc": created, "speech_s": round(self.speech_s, 1),
                 "utterances": self.utterances}
 
 
@@ -108,7 +112,7 @@ class VoiceprintStore:
             raise VoiceprintError(f"{MAX_VOICES} voices are enrolled already; delete one first")
         vector = np.asarray(embedding, dtype=np.float32)
         vector = vector / max(float(np.linalg.norm(vector)), 1e-12)
-        created = time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())
+        created = utc_timestamp()
         record = {"format": FORMAT, "name": name, "created_utc": created, "speech_s": round(float(speech_s), 2),
                   "utterances": int(utterances), "embedding": [round(float(x), 6) for x in vector]}
         self.folder.mkdir(parents=True, exist_ok=True, mode=0o700)

@@ -28,6 +28,7 @@ from flask.json.provider import DefaultJSONProvider
 from werkzeug.exceptions import HTTPException
 
 from device import __version__
+from device.contract.timestamps import as_utc_timestamp
 from device.credentials import parse_password_hash
 from device.errors import AffectboxError
 from device.labels import CHART_COLOURS, LABEL_COLOURS, LABELS, OTHER_COLOUR, VALENCE_AROUSAL
@@ -138,8 +139,14 @@ def local_location(location: str) -> str:
     return urllib.parse.urlunsplit(("", "", path, parts.query, parts.fragment)) or "/"
 
 
+def _utc_fields(row: dict[str, Any], *keys: str) -> dict[str, Any]:
+    """`row` with its stored times (`+00:00`) rewritten in the one UTC format of every answer
+    (`device.contract.timestamps`: `2025-01-31T09:15:02.123Z`)."""
+    return {**row, **{k: as_utc_timestamp(row[k]) for k in keys if k in row}}
+
+
 def _record_json(record: Any, summary: dict[str, Any] | None = None) -> dict[str, Any]:
-    row = record.to_json()
+    row = _utc_fields(record.to_json(), "started_utc", "ended_utc")
     row.pop("config", None)
     if summary is not None:
         row["summary"] = {k: summary.get(k) for k in ("dominant", "valence", "arousal", "valence_sd", "duration_s",
@@ -406,11 +413,16 @@ def create_app(control: ApplianceControl, *, password_hash: str | None, secret_k
 
     @app.get("/api/status")
     def api_status() -> Response:
-        return jsonify(control.status())
+        status = control.status()
+        if status.get("session"):
+            status = {**status, "session": _utc_fields(status["session"], "started_utc")}
+        return jsonify(status)
 
     @app.get("/api/live")
     def api_live() -> Response:
         live = control.live()
+        if live.get("session"):
+            live = {**live, "session": _utc_fields(live["session"], "started_utc")}
         if request.args.get("compact") in ("1", "true"):  # what the Session page draws, a tenth of the bytes
             live = {**live, "windows": [{k: w.get(k) for k in COMPACT_WINDOW_KEYS} for w in live.get("windows") or []]}
         return jsonify(live)
@@ -490,7 +502,7 @@ def create_app(control: ApplianceControl, *, password_hash: str | None, secret_k
         started = control.start_session(patient_id, consent=consent, max_duration_s=max_duration_s, source="web")
         log.info("status page: session %s started from %s", started.get("session_id"), request.remote_addr)
         location = f"/api/sessions/{urllib.parse.quote(str(started.get('session_id', '')), safe='')}"
-        return jsonify(started), 201, {"Location": location}
+        return jsonify(_utc_fields(started, "started_utc")), 201, {"Location": location}
 
     @app.post("/api/session/stop")
     def api_session_stop() -> Response:

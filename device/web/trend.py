@@ -15,9 +15,10 @@ import math
 import statistics
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from datetime import date, datetime, timedelta
+from datetime import date, timedelta
 from typing import Any
 
+from device.contract.timestamps import as_utc_timestamp, parse_utc_timestamp
 from device.labels import LABELS
 from device.store import SessionRecord
 
@@ -43,7 +44,7 @@ def _sd(values: Iterable[float | None]) -> float | None:
 
 def period_of(started_utc: str, period: str) -> tuple[str, str]:
     """(key, first day as ISO date) of the period holding this UTC start time."""
-    day = datetime.fromisoformat(started_utc).date()
+    day = parse_utc_timestamp(started_utc).date()
     if period == "week":
         year, week, weekday = day.isocalendar()
         return f"{year}-W{week:02d}", (day - timedelta(days=weekday - 1)).isoformat()
@@ -65,7 +66,7 @@ def session_point(record: SessionRecord, summary: Mapping[str, Any] | None,
             z[name] = _num(entry.get("z"))
     return {
         "session_id": record.id,
-        "started_utc": record.started_utc,
+        "started_utc": as_utc_timestamp(record.started_utc),
         "state": record.state,
         "duration_s": _num(record.duration_s if record.duration_s is not None else summary.get("duration_s")),
         "windows": record.windows,

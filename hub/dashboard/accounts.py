@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 from sqlalchemy import Engine, select, update
 
-from device.contract.payloads import utc_timestamp
+from device.contract.timestamps import utc_timestamp
 from device.credentials import CredentialError, hash_password, verify_password
 from device.errors import AffectboxError
 from hub import schema

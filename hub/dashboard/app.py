@@ -28,7 +28,7 @@ from sqlalchemy import Engine, select
 from werkzeug.exceptions import HTTPException
 
 from device.contract.ids import is_opaque_id
-from device.contract.payloads import utc_timestamp
+from device.contract.timestamps import utc_timestamp
 from device.errors import AffectboxError
 from device.notice import NOT_A_DIAGNOSIS, NOTICE_SHORT
 from device.web.security import (

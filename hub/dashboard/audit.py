@@ -10,7 +10,7 @@ from typing import Any
 
 from sqlalchemy import Connection, Engine, select
 
-from device.contract.payloads import utc_timestamp
+from device.contract.timestamps import utc_timestamp
 from hub import schema
 
 ACTIONS = ("login", "login_failed", "logout", "view", "export", "command", "enter", "acknowledge", "admin")

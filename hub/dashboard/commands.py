@@ -20,7 +20,7 @@ import paho.mqtt.client as mqtt
 from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from sqlalchemy import Engine, select
 
-from device.contract.payloads import utc_timestamp
+from device.contract.timestamps import utc_timestamp
 from device.contract.topics import validate_device_id
 from device.errors import AffectboxError
 from hub import schema

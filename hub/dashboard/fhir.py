@@ -30,6 +30,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from datetime import timedelta
 from typing import Any
 
+from device.contract.timestamps import utc_timestamp
 from device.errors import AffectboxError
 from device.labels import LABELS
 from device.notice import NOT_A_DIAGNOSIS
@@ -100,9 +101,9 @@ def session_observation(point: SessionPoint, patient_id: str, clinic_ref: str | 
                         clinic_system: str = CLINIC_SYSTEM) -> dict[str, Any]:
     start = parse_time(point.at)
     assert start is not None and point.valence is not None and point.summary_event_id
-    period = {"start": start.isoformat().replace("+00:00", "Z")}
+    period = {"start": utc_timestamp(start)}  # the one UTC format (device.contract.timestamps)
     if point.duration_s is not None:
-        period["end"] = (start + timedelta(seconds=point.duration_s)).isoformat().replace("+00:00", "Z")
+        period["end"] = utc_timestamp(start + timedelta(seconds=point.duration_s))
     components = []
 
     def add(code: str, display: str, value: float | None) -> None:

@@ -12,11 +12,12 @@ from __future__ import annotations
 import json
 from bisect import bisect_right
 from dataclasses import dataclass, field
-from datetime import UTC, datetime, timedelta
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import Connection, func, select
 
+from device.contract.timestamps import parse_utc_timestamp
 from hub import schema
 
 PROSODY_KEYS = ("f0_sd_st", "speaking_rate", "pause_ratio", "mean_pause_s", "f0_mean_hz")
@@ -30,10 +31,9 @@ def parse_time(text: str | None) -> datetime | None:
     if not text:
         return None
     try:
-        moment = datetime.fromisoformat(text.replace("Z", "+00:00"))
+        return parse_utc_timestamp(text, assume_utc=True)
     except ValueError:
         return None
-    return moment if moment.tzinfo else moment.replace(tzinfo=UTC)
 
 
 # ---- devices ----------------------------------------------------------------------------------------------

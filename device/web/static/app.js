@@ -69,6 +69,8 @@
     return `${h} h ${Math.round((seconds % 3600) / 60)} min`;
   }
 
+  // Deliberately local: the API answers UTC in the one format (2025-01-31T09:15:02.123Z,
+  // device/contract/timestamps.py); the page shows it in the viewer's local time.
   function when(iso) {
     if (!iso) return DASH;
     const d = new Date(iso);

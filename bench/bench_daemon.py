@@ -35,8 +35,9 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from bench.procstat import cpu_model, process_cpu_s, rss_mb  # noqa: E402
-from tests.daemon_harness import DaemonProcess, wait_until, write_config  # noqa: E402
+from tests.daemon_harness import DaemonProcess, write_config  # noqa: E402
 from tests.media import write_av_session  # noqa: E402
+from tests.support import wait_until  # noqa: E402
 
 
 def measure_daemon(folder: Path, video: Path, seconds: float, warmup: float) -> dict[str, Any]:

@@ -36,7 +36,8 @@ sys.path.insert(0, str(REPO))
 
 from bench.procstat import cpu_model, process_cpu_s, rss_mb  # noqa: E402
 from tests.hub_support import HubProcess, Postgres, SimDevice, count, hub_config  # noqa: E402
-from tests.mqtt_support import Broker, wait_until  # noqa: E402
+from tests.mqtt_support import Broker  # noqa: E402
+from tests.support import wait_until  # noqa: E402
 
 QUEUE_LIMIT = 200000  # hub/deploy/mosquitto-affectbox.conf
 WINDOWS_PER_DEVICE_DAY = 6 * 360
@@ -93,9 +94,9 @@ def drain(folder: Path, port: int, url: str, collectors: int, devices: int, wind
     launched = time.monotonic()
     hubs = start_hubs(folder, port, url, collectors)
     # the rate is timed from the first stored event (process start and imports left out)
-    wait_until(lambda: count(url, "events_raw") > before, 120, step=0.05)
+    wait_until(lambda: count(url, "events_raw") > before, 120, step_s=0.05)
     began, first = time.monotonic(), count(url, "events_raw") - before
-    ok = wait_until(lambda: count(url, "events_raw") - before >= sent, 3600, step=0.2)
+    ok = wait_until(lambda: count(url, "events_raw") - before >= sent, 3600, step_s=0.2)
     done = time.monotonic()
     elapsed = done - began
     cpu = sum(process_cpu_s(h.proc.pid) for h in hubs)
@@ -157,7 +158,7 @@ def bench_clinic(args: argparse.Namespace, work: Path) -> list[dict[str, Any]]:
         for sim, (_, events) in zip(sims, sessions, strict=True):
             sim.publish(events[-3:])
         sent = sum(len(events) - 1 for _, events in sessions) - len(sims)  # every event except the unsent window
-        wait_until(lambda: count(url, "events_raw") >= sent, 120, step=0.5)
+        wait_until(lambda: count(url, "events_raw") >= sent, 120, step_s=0.5)
         elapsed = time.monotonic() - t0
         cpu = process_cpu_s(hub.proc.pid) - cpu0
         windows = count(url, "windows")

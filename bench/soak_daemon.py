@@ -61,7 +61,7 @@ def soak(folder: Path, media_hours: float, speed: float, session_media_minutes: 
     config = write_config(folder, window_seconds=10.0)
     db = folder / "state" / "affectbox.db"
     daemon = DaemonProcess(folder, video, config=config, loop=True, watchdog_usec=None,
-                           extra_args=("--speed", str(speed)))
+                           speed=speed)
     samples: list[dict[str, Any]] = []
     sessions: list[dict[str, Any]] = []
     session_real_s = session_media_minutes * 60.0 / speed

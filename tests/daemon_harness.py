@@ -15,23 +15,12 @@ import subprocess
 import sys
 import threading
 import time
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from tests.support import wait_until
+
 ROOT = Path(__file__).resolve().parents[1]
-
-
-def wait_until(predicate: Callable[[], Any], timeout: float, step: float = 0.1) -> Any:
-    """Poll `predicate` until it returns a truthy value (returned) or `timeout` passes (None)."""
-    deadline = time.monotonic() + timeout
-    while True:
-        value = predicate()
-        if value:
-            return value
-        if time.monotonic() >= deadline:
-            return None
-        time.sleep(step)
 
 
 class NotifySocket:
@@ -96,11 +85,16 @@ debug_recording_dir = "{state / 'debug'}"
 
 
 class DaemonProcess:
-    """`affectbox run --replay VIDEO` in a subprocess with a recording notify socket."""
+    """`affectbox run --replay VIDEO` in a subprocess with a recording notify socket.
+
+    `speed` is passed as `--speed`: the replay plays that many times faster than real time. Item
+    times are compressed alike, so windows, session limits, faults and the watchdog still run on
+    the wall clock; a faster replay only packs more media into each second (more frames to analyse).
+    """
 
     def __init__(self, folder: Path, video: Path, *, config: Path | None = None, loop: bool = False,
                  watchdog_usec: int | None = 1_000_000, faults: str | None = None,
-                 env: dict[str, str] | None = None, extra_args: tuple[str, ...] = ()) -> None:
+                 env: dict[str, str] | None = None, extra_args: tuple[str, ...] = (), speed: float = 1.0) -> None:
         self.folder = folder
         self.config = config or write_config(folder)
         self.video = video
@@ -116,7 +110,7 @@ class DaemonProcess:
             environment["AFFECTBOX_FAULTS"] = faults
         environment.update(env or {})
         args = [sys.executable, "-m", "device", "run", "--config", str(self.config), "--replay", str(video),
-                *(("--loop",) if loop else ()), *extra_args]
+                *(("--loop",) if loop else ()), *(("--speed", f"{speed:g}") if speed != 1.0 else ()), *extra_args]
         self._log = self.log_path.open("w")
         self.proc = subprocess.Popen(args, cwd=ROOT, env=environment, stdout=self._log, stderr=subprocess.STDOUT)
 

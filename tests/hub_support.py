@@ -34,8 +34,9 @@ from sqlalchemy import create_engine, select, text
 
 from device.contract import payloads
 from device.notice import NOT_A_DIAGNOSIS
-from tests.daemon_harness import ROOT, NotifySocket, wait_until
+from tests.daemon_harness import ROOT, NotifySocket
 from tests.mqtt_support import HOST, free_port
+from tests.support import wait_until
 
 PG_BIN = next(iter(sorted(Path("/usr/lib/postgresql").glob("*/bin"), reverse=True)), None) \
     if Path("/usr/lib/postgresql").is_dir() else None

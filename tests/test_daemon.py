@@ -14,7 +14,8 @@ from pathlib import Path
 import pytest
 
 from device.store import Store
-from tests.daemon_harness import DaemonProcess, wait_until, write_config
+from tests.daemon_harness import DaemonProcess, write_config
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(240)
 

@@ -34,7 +34,8 @@ from device.daemon.control import send_request
 from device.store import PATIENT_ID_PATTERN, Store
 from device.uplink.client import COMMAND_MAX_BYTES
 from tests.daemon_harness import DaemonProcess, write_config
-from tests.mqtt_support import Broker, Observer, Relay, availability, events, needs_broker, validate, wait_until
+from tests.mqtt_support import Broker, Observer, Relay, availability, events, needs_broker, validate
+from tests.support import wait_until
 
 pytestmark = [pytest.mark.timeout(300), needs_broker]
 

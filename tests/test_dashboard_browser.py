@@ -30,10 +30,11 @@ from hub.config import load_config
 from hub.dashboard import accounts
 from hub.dashboard.app import create_app
 from hub.db import make_engine, upgrade
-from tests.daemon_harness import ROOT, DaemonProcess, wait_until
+from tests.daemon_harness import ROOT, DaemonProcess
 from tests.dash_support import History
 from tests.hub_support import HubProcess
 from tests.mqtt_support import Broker, needs_broker
+from tests.support import wait_until
 from tests.test_daemon_hub import hub_config as device_hub_config
 from tests.test_web_browser import CHROMIUM, CHROMIUM_ARGS
 

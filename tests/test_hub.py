@@ -54,8 +54,8 @@ from tests.mqtt_support import (
     events,
     needs_broker,
     validate,
-    wait_until,
 )
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 

@@ -18,7 +18,8 @@ from paho.mqtt.properties import Properties
 
 from device.config import config_from_dict
 from device.errors import ConfigError
-from tests.mqtt_support import Observer, events, needs_broker, wait_until
+from tests.mqtt_support import Observer, events, needs_broker
+from tests.support import wait_until
 from tests.test_hub import RecordingHandler, broker, hub_config, running_clients, start_client  # noqa: F401
 
 pytestmark = [pytest.mark.timeout(90), needs_broker]

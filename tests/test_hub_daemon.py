@@ -19,15 +19,16 @@ from typing import Any
 import pytest
 
 from device.contract.payloads import derived_event_id
-from tests.daemon_harness import DaemonProcess, wait_until
+from tests.daemon_harness import DaemonProcess
 from tests.hub_support import HubProcess, count, hub_config, hub_windows, rejected_rows
 from tests.mqtt_support import Broker, needs_broker
+from tests.support import wait_until
 from tests.test_daemon_hub import control, hub_state, stored_windows
 from tests.test_daemon_hub import hub_config as device_config
 
 pytestmark = [pytest.mark.timeout(420), needs_broker]
 DEVICE = "test-device"
-SPEED = ("--speed", "3")
+SPEED = 3.0  # the replay only; windows and faults stay on the wall clock
 
 
 @pytest.fixture
@@ -48,7 +49,7 @@ def device(tmp_path: Path, port: int) -> Path:
 
 def start_daemon(parts: list[Any], tmp_path: Path, video: Path, port: int) -> DaemonProcess:
     daemon = start(parts, DaemonProcess(tmp_path / "dev", video, config=device(tmp_path, port), loop=True,
-                                        extra_args=SPEED))
+                                        speed=SPEED))
     daemon.wait_ready()
     return daemon
 

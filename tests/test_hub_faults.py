@@ -29,7 +29,8 @@ from tests.hub_support import (
     needs_postgres,
     rejected_rows,
 )
-from tests.mqtt_support import Broker, needs_broker, wait_until
+from tests.mqtt_support import Broker, needs_broker
+from tests.support import wait_until
 
 pytestmark = [pytest.mark.timeout(300), needs_broker]
 

@@ -21,7 +21,8 @@ import pytest
 from device.provision import check_certificate_matches_key, make_client_key, make_csr
 from tests.daemon_harness import ROOT
 from tests.hub_support import HubProcess, SimDevice, hub_windows
-from tests.mqtt_support import MOSQUITTO, free_port, needs_broker, wait_until
+from tests.mqtt_support import MOSQUITTO, free_port, needs_broker
+from tests.support import wait_until
 
 pytestmark = [pytest.mark.timeout(600), needs_broker]
 PREFIX = "opt/affectbox-hub"

@@ -30,20 +30,11 @@ from device.errors import ConfigError
 from device.health import Heartbeats, SystemdNotifier
 from device.indicator import BOUNCE_S, Indicator
 from device.store import Store
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(90)
 
 LED_PIN, BUTTON_PIN = 27, 17
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    return predicate()
 
 
 class Clock:

@@ -22,17 +22,9 @@ from device.capture.live import (
     open_microphone,
 )
 from device.observation import SAMPLE_RATE, AudioBlock, Frame
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(60)
-
-
-def _wait(predicate, timeout: float = 5.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return True
-        time.sleep(0.01)
-    return predicate()
 
 
 class FakeCamera:
@@ -96,7 +88,7 @@ def test_capture_thread_delivers_items_and_heartbeats() -> None:
     try:
         first = q.get(2.0)
         assert isinstance(first, Frame) and 0 <= first.t < 2.0
-        assert _wait(lambda: cap.items >= 10)
+        assert wait_until(lambda: cap.items >= 10)
         assert cap.healthy(0.5) and cap.last_item_age() is not None
         assert beats and set(beats) == {"capture_video"}
         assert cap.reopens == 0
@@ -110,9 +102,9 @@ def test_capture_thread_stall_goes_stale_reopens_and_stops_quickly() -> None:
     cap = CaptureThread(cam, q, "video", stale_after_s=0.3, backoff_initial_s=0.1)
     cap.start()
     try:
-        assert _wait(lambda: cap.items == 3)
-        assert _wait(lambda: not cap.healthy(0.2), 2.0)
-        assert _wait(lambda: cap.reopens >= 1 and cam.opens >= 2, 3.0)
+        assert wait_until(lambda: cap.items == 3)
+        assert wait_until(lambda: not cap.healthy(0.2), 2.0)
+        assert wait_until(lambda: cap.reopens >= 1 and cam.opens >= 2, 3.0)
         assert cap.abandoned_reads >= 1 and cam.closes >= 1
     finally:
         t0 = time.monotonic()
@@ -127,7 +119,7 @@ def test_capture_thread_errors_reopen_with_backoff() -> None:
     cap = CaptureThread(cam, q, "video", backoff_initial_s=0.05, backoff_max_s=0.4)
     cap.start()
     try:
-        assert _wait(lambda: cam.opens >= 5, 5.0)
+        assert wait_until(lambda: cam.opens >= 5, 5.0)
     finally:
         cap.stop()
     assert cap.reopens >= 4 and cap.errors >= 4
@@ -180,7 +172,7 @@ def test_replay_camera_through_capture_thread_ends(mjpg_video: Path) -> None:
             frame = q.get(1.0)
             assert frame is not None
             frames.append(frame)
-        assert _wait(lambda: cap.ended, 2.0)
+        assert wait_until(lambda: cap.ended, 2.0)
     finally:
         cap.stop()
     times = np.array([f.t for f in frames])
@@ -203,7 +195,7 @@ def test_replay_microphone_yields_30ms_blocks(tmp_path: Path) -> None:
             block = q.get(1.0)
             assert block is not None
             blocks.append(block)
-        assert _wait(lambda: cap.ended, 2.0)
+        assert wait_until(lambda: cap.ended, 2.0)
     finally:
         cap.stop()
     assert all(len(b.pcm) == 480 and b.pcm.dtype == np.int16 for b in blocks)

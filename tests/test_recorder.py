@@ -26,6 +26,7 @@ from device.labels import LABELS
 from device.observation import Observation
 from device.store import StorageError, Store
 from device.uplink.outbox import OutboxError
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(60)
 
@@ -34,16 +35,6 @@ def observation(t: float, label: str = "happy") -> Observation:
     probs = np.full(len(LABELS), 0.02, dtype=np.float32)
     probs[LABELS.index(label)] = 1 - 0.02 * (len(LABELS) - 1)
     return Observation(t, "face", probs, 1.0, {})
-
-
-def wait_until(predicate: Callable[[], Any], timeout_s: float = 5.0) -> Any:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    return predicate()
 
 
 def make_recorder(store: Store, hub: Any = None) -> Recorder:

@@ -28,8 +28,9 @@ from device.health import Heartbeats
 from device.labels import LABELS
 from device.observation import Observation
 from device.store import Store
-from tests.daemon_harness import DaemonProcess, wait_until, write_config
+from tests.daemon_harness import DaemonProcess, write_config
 from tests.mqtt_support import Broker, Observer, events
+from tests.support import wait_until
 
 pytestmark = pytest.mark.timeout(600)
 

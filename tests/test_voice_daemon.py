@@ -17,8 +17,9 @@ from pathlib import Path
 import pytest
 
 from device.store import Store
-from tests.daemon_harness import DaemonProcess, wait_until
+from tests.daemon_harness import DaemonProcess
 from tests.mqtt_support import Broker, Observer, events, needs_broker, validate
+from tests.support import wait_until
 from tests.test_daemon_hub import hub_config
 from tests.voice_media import voice_files
 

@@ -33,6 +33,7 @@ import pytest
 from device.config import Config, config_from_dict
 from device.credentials import hash_password, write_secret
 from device.web import WebServer, create_app
+from tests.support import wait_until
 
 pytestmark = pytest.mark.browser
 
@@ -122,7 +123,8 @@ def run_flow(page: Any, base_url: str, shots: Path, *, indicator_timeout_ms: int
     page.wait_for_selector("#components tbody tr[data-component='camera']")
     page.wait_for_selector("#models tbody tr")
     first_update = page.inner_text("#updated")
-    wait_until(lambda: page.inner_text("#updated") != first_update, 10, "the status page did not refresh itself")
+    wait_until(lambda: page.inner_text("#updated") != first_update, 10,
+               message="the status page did not refresh itself")
     assert "does not diagnose" in page.inner_text("#notice")
     page.screenshot(path=shots / "2-status.png", full_page=True)
 
@@ -191,14 +193,6 @@ def run_flow(page: Any, base_url: str, shots: Path, *, indicator_timeout_ms: int
     if copy_to_docs and UPDATE_DOCS:
         shutil.copyfile(shots / "3-session-live.png", DOCS_SCREENSHOT)
     return session_id
-
-
-def wait_until(condition: Callable[[], bool], timeout_s: float, message: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while not condition():
-        if time.monotonic() > deadline:
-            raise AssertionError(message)
-        time.sleep(0.2)
 
 
 def free_port() -> int:

@@ -28,7 +28,8 @@ from device.config import Config, WebConfig, config_from_dict
 from device.credentials import CredentialError, hash_password, write_secret
 from device.store import PatientIdError, Store, validate_patient_id
 from device.web import WebServer, create_app, load_password_hash, start_status_page
-from device.web.app import HTML_PATIENT_PATTERN, safe_next
+from device.web.auth import safe_next
+from device.web.pages import HTML_PATIENT_PATTERN
 from device.web.security import COOKIE_NAME, client_key
 from tests.web_double import ApplianceDouble, peaked
 
@@ -665,6 +666,17 @@ def test_openapi_documents_every_api_route(double: ApplianceDouble) -> None:
     assert served == documented
     assert OPENAPI["openapi"].startswith("3.1")
     assert "does not diagnose" in OPENAPI["info"]["description"]
+
+
+def test_open_endpoints_name_served_views(double: ApplianceDouble) -> None:
+    """The login guard's open list names real endpoints (blueprint-prefixed), so a renamed view cannot
+    silently fall behind the login or out of it."""
+    from device.web.auth import OPEN_ENDPOINTS
+
+    app = create_app(double, password_hash=HASH)
+    assert OPEN_ENDPOINTS.issubset(app.view_functions)
+    opened = {rule.rule for rule in app.url_map.iter_rules() if rule.endpoint in OPEN_ENDPOINTS}
+    assert opened == {"/api/health", "/login", "/api/login", "/static/<path:filename>"}
 
 
 def test_every_answered_time_is_in_the_one_utc_format(client: FlaskClient, double: ApplianceDouble) -> None:

@@ -48,6 +48,7 @@ from device.report.data import (
     DEFAULT_MIN_PAUSE_S,
     MAX_POINTS,
     Utterance,
+    _no_windows_message,
     _session_modalities,
     _time_domain,
     _warnings,
@@ -66,14 +67,15 @@ from device.report.svg import (
     _weights_chart,
 )
 from device.report.tables import (
-    _config_block,
-    _models_table,
-    _prosody_block,
-    _source_block,
-    _summary_table,
-    _windows_table,
+    PROSODY_NOTE,
+    _config_pairs,
+    _model_rows,
+    _prosody_rows,
+    _source_pairs,
+    _summary_rows,
+    _window_table,
 )
-from device.report.text import MIDDOT, _esc, _finite, _mapping, _plain, clock
+from device.report.text import DASH, MIDDOT, _esc, _finite, _mapping, _plain, clock
 
 __all__ = ["AROUSAL_COLOUR", "MAX_POINTS", "VALENCE_COLOUR", "Utterance", "bin_probabilities", "clock",
            "render_report", "timeline_arrays", "utterances"]
@@ -132,14 +134,15 @@ def render_report(summary: dict[str, Any], windows: list[dict[str, Any]], timeli
     if len(kinds) > 1:
         coverage_charts.append(_weights_chart(windows, t0, t1))
     created = summary.get("created_utc")
+    source_pairs, software_pairs = _source_pairs(summary, kinds)
     return _template().render(
-        title=title, css=Markup(_css()), subtitle=MIDDOT.join(str(s) for s in subtitle), notice=notice,
-        warnings=warnings, source=Markup(_source_block(summary, kinds)),
-        summary_table=Markup(_summary_table(summary, windows, window_seconds, kinds)),
-        prosody_block=Markup(_prosody_block(summary, min_pause_s)) if "speech" in kinds else "",
+        title=title, css=Markup(_css()), subtitle=MIDDOT.join(str(s) for s in subtitle), notice=notice, dash=DASH,
+        warnings=warnings, source=source_pairs, software=software_pairs,
+        summary_rows=_summary_rows(summary, windows, window_seconds, kinds), speech="speech" in kinds,
+        prosody_rows=_prosody_rows(summary, min_pause_s), prosody_note=PROSODY_NOTE,
         mood_charts=[Markup(c) for c in mood_charts], coverage_title=coverage_title,
         coverage_charts=[Markup(c) for c in coverage_charts],
         prosody_chart=Markup(_prosody_chart(windows, t0, t1)) if "speech" in kinds else "",
-        windows_table=Markup(_windows_table(windows, kinds)), models_table=Markup(_models_table(summary)),
-        config=Markup(_config_block(summary)), software_version=_plain(summary.get("software_version")),
-        created=created if created else "")
+        window_table=_window_table(windows, kinds), no_windows=_no_windows_message(kinds),
+        models=_model_rows(summary), config=_config_pairs(summary),
+        software_version=_plain(summary.get("software_version")), created=created if created else "")

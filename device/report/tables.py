@@ -1,17 +1,20 @@
-"""The report's tables and definition lists: summary, prosody, recording, models, configuration, windows.
+"""What the report's tables and definition lists hold: summary, prosody, recording, models, configuration, windows.
 
-Built as HTML fragments; every value goes through `device.report.text._esc`.
+Plain text values (the template escapes them); the few cells with markup (a label's colour swatch)
+come as Markup built with `device.report.text._esc`. templates/tables.html.j2 lays them out.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
+
+from markupsafe import Markup
 
 from device.report.data import (
     _argmax_label,
     _has_mood,
-    _no_windows_message,
     _only,
     _window_face,
     _window_speech,
@@ -19,8 +22,6 @@ from device.report.data import (
 from device.report.text import (
     DASH,
     MODALITY_NAMES,
-    NUM,
-    _empty,
     _esc,
     _finite,
     _fmt,
@@ -34,22 +35,35 @@ from device.report.text import (
 )
 
 
-def _dominant_html(label: Any, probs: Mapping[str, Any], missing: str = "no mood estimate") -> str:
+def _dominant_html(label: Any, probs: Mapping[str, Any], missing: str = "no mood estimate") -> Markup:
+    """A summary cell: the label with its colour swatch and mean probability, built and escaped here."""
     if label is None:
-        return f'{DASH} <span class="muted">({_esc(missing)})</span>'
+        return Markup(f'{DASH} <span class="muted">({_esc(missing)})</span>')
     html_text = _swatch(_label_colour(label)) + " " + _esc(label)
     p = _finite(probs.get(label))
     if p is not None:
         html_text += f' <span class="muted">(mean probability {p:.2f})</span>'
-    return html_text
+    return Markup(html_text)
 
 
-def _rows_html(rows: Iterable[tuple[str, str, str]], cls: str = "summary") -> str:
-    """Table of (name, already-escaped value, about) rows."""
-    body = "".join(f'<tr><th scope="row">{_esc(name)}</th><td>{value}</td>'
-                   f'<td class="about">{_esc(about)}</td></tr>' for name, value, about in rows)
-    return f'<table class="{_esc(cls)}"><tbody>{body}</tbody></table>'
+Pair = tuple[str, str]  # (term, value) of a definition list
+Row = tuple[str, str, str]  # (name, value, about) of a table of the summary; a Markup value is shown as built
 
+
+@dataclass(frozen=True)
+class WindowRow:
+    nomood: bool
+    cells: list[tuple[str, bool]]  # (text or Markup, numeric)
+
+
+@dataclass(frozen=True)
+class WindowTable:
+    columns: list[tuple[str, bool]]  # (name, numeric)
+    rows: list[WindowRow]
+
+
+PROSODY_NOTE = ("Prosody differs a lot between people: it is most meaningful compared with the same patient's "
+                "earlier sessions, recorded the same way. None of these measures is a diagnosis.")
 
 ANALYSED = {
     "face": "face only (the recording has no audio: voice and prosody were not analysed)",
@@ -57,16 +71,16 @@ ANALYSED = {
 }
 
 
-def _summary_table(summary: Mapping[str, Any], windows: Sequence[Mapping[str, Any]],
-                   window_seconds: float | None, kinds: frozenset[str] = frozenset({"face"})) -> str:
+def _summary_rows(summary: Mapping[str, Any], windows: Sequence[Mapping[str, Any]],
+                  window_seconds: float | None, kinds: frozenset[str] = frozenset({"face"})) -> list[Row]:
     duration = _finite(summary.get("duration_s"))
     coverage = _mapping(summary.get("coverage"))
     both = len(kinds) > 1
-    rows = [("Duration", _esc(f"{clock(duration)} ({_fmt(duration, '.1f')} s)" if duration is not None else DASH),
-             "length of the analysed recording (mm:ss)")]
+    duration_text = f"{clock(duration)} ({_fmt(duration, '.1f')} s)" if duration is not None else DASH
+    rows: list[Row] = [("Duration", duration_text, "length of the analysed recording (mm:ss)")]
     # only name the modalities when the summary says which ones were analysed
     if any(m in coverage for m in MODALITY_NAMES):
-        rows.append(("Analysed", _esc(ANALYSED.get(_only(kinds) or "", "face and voice")),
+        rows.append(("Analysed", ANALYSED.get(_only(kinds) or "", "face and voice"),
                      "what the recording allowed: video for the face, audio for the voice"))
     if "face" in kinds:
         face = _mapping(coverage.get("face"))
@@ -74,7 +88,7 @@ def _summary_table(summary: Mapping[str, Any], windows: Sequence[Mapping[str, An
         face_text = _pct(share)
         if _finite(items) is not None and _finite(present) is not None:
             face_text += f" ({present:g} of {items:g} analysed frames)"
-        rows.append(("Share of time with a face", _esc(face_text), "analysed frames in which a face was found"))
+        rows.append(("Share of time with a face", face_text, "analysed frames in which a face was found"))
     if "speech" in kinds:
         speech = _mapping(coverage.get("speech"))
         speech_text = _pct(speech.get("share"))
@@ -88,14 +102,14 @@ def _summary_table(summary: Mapping[str, Any], windows: Sequence[Mapping[str, An
             speech_text += f" ({' in '.join(details)})"
         speakers = _mapping(summary.get("speakers"))
         attributed = speakers.get("attributed") is True
-        rows.append(("Share of time with speech", _esc(speech_text),
+        rows.append(("Share of time with speech", speech_text,
                      "time covered by the patient's utterances (enrolled voices left out)" if attributed else
                      "time covered by the utterances the voice-activity detector found (every voice in the "
                      "room counts: speakers are not told apart)"))
         if speakers:
             other_text = (f"{_fmt(speakers.get('other_s'), '.1f')} s ({_pct(speakers.get('other_share'))} of the "
                           "speech)" if attributed else "not told apart")
-            rows.append(("Speech of other voices", _esc(other_text),
+            rows.append(("Speech of other voices", other_text,
                          _plain(speakers.get("note")) or ("enrolled voices (clinicians): counted, never analysed"
                                                           if attributed else "no voices enrolled")))
     probs = _mapping(summary.get("probs"))
@@ -123,12 +137,12 @@ def _summary_table(summary: Mapping[str, Any], windows: Sequence[Mapping[str, An
 
     combined = " (combined)" if both else ""
     rows += [
-        (f"Mean valence{combined}", _esc(va("valence")),
+        (f"Mean valence{combined}", va("valence"),
          "\u22121 unpleasant \u2026 +1 pleasant; SD across windows (emotional range)"),
-        (f"Mean arousal{combined}", _esc(va("arousal")), "\u22121 calm \u2026 +1 activated; SD across windows"),
+        (f"Mean arousal{combined}", va("arousal"), "\u22121 calm \u2026 +1 activated; SD across windows"),
     ]
     if "face" in kinds:
-        rows.append(("Facial expressivity", _esc(_fmt(summary.get("face_expressivity"), ".3f")),
+        rows.append(("Facial expressivity", _fmt(summary.get("face_expressivity"), ".3f"),
                      "mean spread of the probabilities within windows; higher means more varied expressions"))
     n_windows = summary.get("windows", len(windows))
     window_text = f"{_plain(summary.get('windows_with_mood'))} of {_plain(n_windows)}"
@@ -136,16 +150,18 @@ def _summary_table(summary: Mapping[str, Any], windows: Sequence[Mapping[str, An
         window_text += f" (windows of {window_seconds:g} s)"
     need = {"face": "enough frames with a face", "speech": "enough speech"}.get(
         _only(kinds) or "", "enough frames with a face or enough speech")
-    rows.append(("Windows with a mood estimate", _esc(window_text), f"a window needs {need} to carry a mood"))
-    return _rows_html(rows)
+    rows.append(("Windows with a mood estimate", window_text, f"a window needs {need} to carry a mood"))
+    return rows
 
 
-def _prosody_block(summary: Mapping[str, Any], min_pause_s: float) -> str:
-    """The session's prosody with a plain-language reading of each measure (device/audio/prosody.py)."""
-    heading = "<h3>Voice: prosody (how the patient speaks)</h3>"
+def _prosody_rows(summary: Mapping[str, Any], min_pause_s: float) -> list[Row] | None:
+    """The session's prosody with a plain-language reading of each measure (device/audio/prosody.py).
+
+    None when there is no speech to measure.
+    """
     prosody = _mapping(summary.get("prosody"))
     if not _finite(prosody.get("speech_s")):
-        return heading + _empty("No speech found: no prosody measures.")
+        return None
 
     def value(key: str, spec: str, unit: str) -> str:
         x = _finite(prosody.get(key))
@@ -158,34 +174,26 @@ def _prosody_block(summary: Mapping[str, Any], min_pause_s: float) -> str:
     if _finite(prosody.get("articulation_rate")) is not None:
         rate += f" (articulation rate {value('articulation_rate', '.1f', '')}, pauses excluded)"
     pause_ms = f"{1000 * min_pause_s:.0f} ms"
-    rows = [
-        ("Speech measured", _esc(value("speech_s", ".1f", " s")),
+    return [
+        ("Speech measured", value("speech_s", ".1f", " s"),
          "speaking time the measures below come from (pauses excluded); the more, the steadier they are"),
-        ("Pitch (F0), mean", _esc(value("f0_mean_hz", ".0f", " Hz")),
+        ("Pitch (F0), mean", value("f0_mean_hz", ".0f", " Hz"),
          "average voice pitch; differs a lot between people (for example between men and women)"),
-        ("Pitch variability", _esc(pitch_sd),
+        ("Pitch variability", pitch_sd,
          "how much the voice moves; lower variability = more monotonous speech (semitones make men's and "
          "women's voices comparable)"),
-        ("Speaking rate", _esc(rate),
+        ("Speaking rate", rate,
          "syllables per second, pauses included; slower speech gives lower values (the count is approximate: "
          "the change across sessions is what matters)"),
-        ("Pause ratio", _esc(_pct(prosody.get("pause_ratio"))),
+        ("Pause ratio", _pct(prosody.get("pause_ratio")),
          f"share of the speaking time spent in silent gaps of at least {pause_ms}; more and longer pauses go "
          f"with slowed, effortful speech"),
-        ("Mean pause length", _esc(value("mean_pause_s", ".2f", " s")),
+        ("Mean pause length", value("mean_pause_s", ".2f", " s"),
          "average length of those pauses; longer pauses go with slowed, effortful speech"),
-        ("Loudness variability", _esc(value("energy_sd_db", ".1f", " dB")),
+        ("Loudness variability", value("energy_sd_db", ".1f", " dB"),
          "SD of loudness while voicing; lower = flatter, more monotonous speech"),
     ]
-    note = ("Prosody differs a lot between people: it is most meaningful compared with the same patient's "
-            "earlier sessions, recorded the same way. None of these measures is a diagnosis.")
-    return heading + _rows_html(rows) + f'<p class="note prosody-note">{_esc(note)}</p>'
 
-
-def _dl(pairs: Iterable[tuple[str, str]]) -> str:
-    """Definition list of already-escaped (term, value) pairs."""
-    items = "".join(f"<dt>{term}</dt><dd>{value}</dd>" for term, value in pairs)
-    return f'<dl class="meta">{items}</dl>' if items else f'<p class="muted">{DASH}</p>'
 
 
 ANALYSIS_NAMES = {
@@ -194,65 +202,64 @@ ANALYSIS_NAMES = {
 }
 
 
-def _source_block(summary: Mapping[str, Any], kinds: frozenset[str] = frozenset({"face"})) -> str:
+def _source_pairs(summary: Mapping[str, Any],
+                  kinds: frozenset[str] = frozenset({"face"})) -> tuple[list[Pair], list[Pair]]:
+    """(term, value) pairs of the recording and of the software that analysed it."""
     source = dict(_mapping(summary.get("source")))
     pairs: list[tuple[str, str]] = []
     for key in ("file", "file_name", "name", "path"):
         if key in source:
-            pairs.append(("File", _esc(_plain(source.pop(key)))))
+            pairs.append(("File", _plain(source.pop(key))))
     if "audio_file" in source:
         audio_file = source.pop("audio_file")
         if audio_file is not None:
-            pairs.append(("Audio file", _esc(_plain(audio_file))))
+            pairs.append(("Audio file", _plain(audio_file)))
     for key in ("duration_s", "duration"):
         if key in source:
             d = source.pop(key)
             text = f"{clock(d)} ({_fmt(d, '.1f')} s)" if _finite(d) is not None else _plain(d)
-            pairs.append(("Duration", _esc(text)))
+            pairs.append(("Duration", text))
     if "audio_seconds" in source:
         a = source.pop("audio_seconds")
         if _finite(a):
-            pairs.append(("Audio", _esc(f"{clock(a)} ({_fmt(a, '.1f')} s)")))
+            pairs.append(("Audio", f"{clock(a)} ({_fmt(a, '.1f')} s)"))
         elif "speech" not in kinds:
             pairs.append(("Audio", "none"))
     if "fps" in source:
         fps = source.pop("fps")
         if fps is not None:
-            pairs.append(("Frame rate", _esc(f"{fps:g} fps" if _finite(fps) is not None else _plain(fps))))
+            pairs.append(("Frame rate", f"{fps:g} fps" if _finite(fps) is not None else _plain(fps)))
     if "width" in source or "height" in source:
         w, h = source.pop("width", None), source.pop("height", None)
         if w is not None or h is not None:
-            pairs.append(("Frame size", _esc(f"{_plain(w)} \u00d7 {_plain(h)} px")))
+            pairs.append(("Frame size", f"{_plain(w)} \u00d7 {_plain(h)} px"))
     if "face" not in kinds and not _finite(source.get("frames_read")):
         source.pop("frames_read", None)
-    pairs += [(_esc(_human(k)), _esc(_plain(v))) for k, v in source.items() if v is not None]
-    software = [("Software", _esc(f"affectbox {_plain(summary.get('software_version'))}")),
-                ("Report created (UTC)", _esc(_plain(summary.get("created_utc"))))]
+    pairs += [(_human(k), _plain(v)) for k, v in source.items() if v is not None]
+    software = [("Software", f"affectbox {_plain(summary.get('software_version'))}"),
+                ("Report created (UTC)", _plain(summary.get("created_utc")))]
     analysis = _mapping(summary.get("analysis"))
     for k, v in analysis.items():
         other_modality = ("face" not in kinds and k in ("frames_analysed", "detector_runs")) or (
             "speech" not in kinds and k == "utterances")
         if v is None or (other_modality and not _finite(v)):
             continue
-        software.append((_esc(ANALYSIS_NAMES.get(str(k), _human(k))), _esc(_plain(v))))
-    return (f'<div class="cols"><div><h3>Source</h3>{_dl(pairs)}</div>'
-            f"<div><h3>Software</h3>{_dl(software)}</div></div>")
+        software.append((ANALYSIS_NAMES.get(str(k), _human(k)), _plain(v)))
+    return pairs, software
 
 
-def _models_table(summary: Mapping[str, Any]) -> str:
+
+def _model_rows(summary: Mapping[str, Any]) -> tuple[list[str], list[list[tuple[str, bool]]]] | None:
+    """Column headers and rows of (text, monospaced) cells of the models used; None without any."""
     models = [m for m in summary.get("models") or [] if isinstance(m, Mapping)]
     if not models:
-        return f'<p class="muted">{DASH} (no model information)</p>'
+        return None
     keys = ["name", "version"]
     keys += [k for m in models for k in m if k not in keys and k != "sha256"]
     keys = [*dict.fromkeys(keys), "sha256"]
-    head = "".join(f'<th scope="col">{_esc("SHA-256" if k == "sha256" else _human(k))}</th>' for k in keys)
-    rows = []
-    mono = ' class="mono"'
-    for m in models:
-        cells = "".join(f"<td{mono if k == 'sha256' else ''}>{_esc(_plain(m.get(k)))}</td>" for k in keys)
-        rows.append(f"<tr>{cells}</tr>")
-    return f'<table class="models"><thead><tr>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table>'
+    head = ["SHA-256" if k == "sha256" else _human(k) for k in keys]
+    return head, [[(_plain(m.get(k)), k == "sha256") for k in keys] for m in models]
+
 
 
 def _flatten(prefix: str, value: Any, out: list[tuple[str, Any]]) -> None:
@@ -263,19 +270,19 @@ def _flatten(prefix: str, value: Any, out: list[tuple[str, Any]]) -> None:
         out.append((prefix, value))
 
 
-def _config_block(summary: Mapping[str, Any]) -> str:
+def _config_pairs(summary: Mapping[str, Any]) -> list[Pair]:
+    """The configuration the session was analysed with, flattened to (dotted key, value) pairs."""
     config = summary.get("config")
     if not isinstance(config, Mapping) or not config:
-        return f'<p class="muted">{DASH} (no configuration recorded)</p>'
+        return []
     flat: list[tuple[str, Any]] = []
     _flatten("", config, flat)
-    return _dl((f'<span class="mono">{_esc(k)}</span>', f'<span class="mono">{_esc(_plain(v))}</span>')
-               for k, v in flat)
+    return [(k, _plain(v)) for k, v in flat]
 
 
-def _windows_table(windows: Sequence[Mapping[str, Any]], kinds: frozenset[str] = frozenset({"face"})) -> str:
-    if not windows:
-        return _empty(_no_windows_message(kinds))
+
+def _window_table(windows: Sequence[Mapping[str, Any]], kinds: frozenset[str] = frozenset({"face"})) -> WindowTable:
+    """Columns (name, numeric) and one row per window; the rows are empty without windows."""
     face, speech = "face" in kinds, "speech" in kinds
     both = face and speech
     columns = [("#", True), ("Start", False), ("End", False), ("Dominant (combined)" if both else "Dominant", False),
@@ -288,30 +295,24 @@ def _windows_table(windows: Sequence[Mapping[str, Any]], kinds: frozenset[str] =
         columns.append(("Weight face / voice", True))
     if speech:
         columns += [("Speaking rate (syll./s)", True), ("Pause ratio", True)]
-    head = "".join(f'<th scope="col"{NUM if num else ""}>{_esc(name)}</th>' for name, num in columns)
-    head = f"<thead><tr>{head}</tr></thead>"
-    rows = []
+    rows: list[WindowRow] = []
     for w in windows:
         mood = _has_mood(w)
         dominant = w.get("dominant") if mood else None
-        dom = DASH + " no mood" if dominant is None else _swatch(_label_colour(dominant)) + " " + _esc(dominant)
-        cls = "" if mood else ' class="nomood"'
-        cells = [f"<td{NUM}>{_esc(_plain(w.get('index')))}</td><td>{_esc(clock(w.get('start')))}</td>"
-                 f"<td>{_esc(clock(w.get('end')))}</td><td>{dom}</td>"
-                 f"<td{NUM}>{_esc(_fmt(w.get('valence'), '+.2f'))}</td>"
-                 f"<td{NUM}>{_esc(_fmt(w.get('arousal'), '+.2f'))}</td>"]
+        dom = DASH + " no mood" if dominant is None else Markup(_swatch(_label_colour(dominant)) + " " + _esc(dominant))
+        cells = [(_plain(w.get("index")), True), (clock(w.get("start")), False), (clock(w.get("end")), False),
+                 (dom, False), (_fmt(w.get("valence"), "+.2f"), True), (_fmt(w.get("arousal"), "+.2f"), True)]
         if face:
-            cells.append(f"<td{NUM}>{_esc(_pct(_window_face(w).get('share')))}</td>")
+            cells.append((_pct(_window_face(w).get("share")), True))
         if speech:
-            cells.append(f"<td{NUM}>{_esc(_pct(_window_speech(w).get('share') or 0.0))}</td>")
+            cells.append((_pct(_window_speech(w).get("share") or 0.0), True))
         if both:
             weights = _mapping(w.get("fusion_weights"))
             wf, wv = _finite(weights.get("face")) or 0.0, _finite(weights.get("speech")) or 0.0
             text = f"{wf / (wf + wv):.0%} / {wv / (wf + wv):.0%}" if mood and wf + wv > 0 else DASH
-            cells.append(f"<td{NUM}>{_esc(text)}</td>")
+            cells.append((text, True))
         if speech:
             prosody = _mapping(w.get("prosody"))
-            cells.append(f"<td{NUM}>{_esc(_fmt(prosody.get('speaking_rate'), '.1f'))}</td>"
-                         f"<td{NUM}>{_esc(_pct(prosody.get('pause_ratio')))}</td>")
-        rows.append(f"<tr{cls}>{''.join(cells)}</tr>")
-    return f'<table class="windows">{head}<tbody>{"".join(rows)}</tbody></table>'
+            cells += [(_fmt(prosody.get("speaking_rate"), ".1f"), True), (_pct(prosody.get("pause_ratio")), True)]
+        rows.append(WindowRow(not mood, cells))
+    return WindowTable(columns, rows)

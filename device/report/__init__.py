@@ -25,10 +25,12 @@ styled for screen and for A4 printing. Missing keys and None values render as a 
 modality the session has but that found nothing renders placeholders ("no face found", "no
 speech found") instead of empty charts.
 
-The package, along its seams: `data` prepares what is shown (no markup), `svg` draws the charts,
-`tables` builds the tables, `text` holds the formatting and the one escaping helper (`_esc`), and
-the page itself is `templates/report.html.j2` with `style.css`, rendered here by Jinja2 with
-autoescaping on.
+The package, along its seams: `data` prepares what is shown (no markup), `svg` draws the charts
+(SVG built in Python), `tables` prepares what the tables hold, `text` holds the formatting and the
+one escaping helper (`_esc`); the page itself is `templates/report.html.j2` (tables laid out by
+`templates/tables.html.j2`) with `style.css`, rendered here by Jinja2 with autoescaping on. The
+template's output goes through `_esc` as well (its `finalize`), so plain values are escaped the same
+way everywhere (`&quot;`, `&#x27;`, as `html.escape` does); built fragments arrive as Markup.
 """
 
 from __future__ import annotations

@@ -596,3 +596,21 @@ def test_long_session_with_both_modalities_is_fast_and_small() -> None:
     assert len(doc.encode("utf-8")) < 1_500_000
     assert external_urls(doc) == []
     assert ">60:00</text>" in doc
+
+
+def test_page_template_autoescapes_and_ships_as_package_data() -> None:
+    import fnmatch
+    import tomllib
+    from pathlib import Path
+
+    from device.report import _template
+
+    assert _template().environment.autoescape is True
+    device = Path(__file__).resolve().parent.parent / "device"
+    patterns = tomllib.loads((device.parent / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"][
+        "device"]
+    files = [p for p in (device / "report").rglob("*") if p.is_file() and p.suffix not in (".py", ".pyc")]
+    assert {p.name for p in files} >= {"report.html.j2", "style.css"}
+    for path in files:
+        relative = path.relative_to(device).as_posix()
+        assert any(fnmatch.fnmatch(relative, pattern) for pattern in patterns), relative

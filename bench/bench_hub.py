@@ -36,6 +36,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 
 from device.config import HubConfig
 from device.labels import LABELS
+from device.mqtt_sockets import close_client_sockets
 from device.uplink import HubClient, Outbox
 
 HOST = "127.0.0.1"
@@ -189,6 +190,7 @@ def run(folder: Path, port: int, args: argparse.Namespace) -> int:
         outbox.close()
         subscriber.disconnect()
         subscriber.loop_stop()
+        close_client_sockets(subscriber)
     print("| measure | value |\n| --- | --- |")
     for key, value in results.items():
         print(f"| {key} | {value} |")

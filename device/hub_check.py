@@ -28,6 +28,7 @@ from typing import Any
 from device.config import DEFAULT_CONFIG_PATH, HUB_DEFAULT_PORTS, HubConfig, hub_plaintext_problem
 from device.credentials import CredentialError, check_secret_permissions, credentials_folder
 from device.errors import AffectboxError, HubError
+from device.mqtt_sockets import close_client_sockets
 
 CHECK_TOPIC = "check"
 
@@ -342,10 +343,7 @@ def _mqtt_steps(hub: HubConfig, device_id: str, port: int, context: ssl.SSLConte
         with contextlib.suppress(Exception):
             client.disconnect()
             client.loop(timeout=0.05)
-        with contextlib.suppress(Exception):
-            sock_ = client.socket()
-            if sock_ is not None:
-                sock_.close()
+        close_client_sockets(client)
 
 
 def format_check(check: HubCheck) -> Iterator[str]:

@@ -38,6 +38,7 @@ from sqlalchemy.exc import SQLAlchemyError
 from device.contract.timestamps import utc_timestamp
 from device.credentials import CredentialError, read_secret
 from device.errors import AffectboxError
+from device.mqtt_sockets import close_client_sockets
 from hub.config import HubConfig
 from hub.db import one_line
 from hub.intake import subscriptions
@@ -210,6 +211,7 @@ class Collector:
         self._thread.join(timeout)
         self.client.disconnect()
         self.client.loop_stop()
+        close_client_sockets(self.client)
 
     def healthy(self, stale_s: float = 30.0) -> bool:
         return self._thread.is_alive() and time.monotonic() - self.last_beat < stale_s

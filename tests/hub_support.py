@@ -33,6 +33,7 @@ from paho.mqtt.enums import CallbackAPIVersion, MQTTProtocolVersion
 from sqlalchemy import create_engine, select, text
 
 from device.contract import payloads
+from device.mqtt_sockets import close_client_sockets
 from device.notice import NOT_A_DIAGNOSIS
 from tests.daemon_harness import ROOT, NotifySocket
 from tests.mqtt_support import HOST, free_port
@@ -264,6 +265,7 @@ class SimDevice:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        close_client_sockets(self.client)
 
     def stop(self) -> None:
         self.close()

@@ -35,6 +35,7 @@ from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
 from device.contract import payloads
+from device.mqtt_sockets import close_client_sockets
 
 MOSQUITTO = shutil.which("mosquitto")
 needs_broker = pytest.mark.skipif(MOSQUITTO is None, reason="mosquitto is not installed (./setup.sh --dev installs it)")
@@ -151,6 +152,7 @@ class Observer:
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
+        close_client_sockets(self.client)
 
 
 def events(messages: list[mqtt.MQTTMessage], suffix: str = "") -> list[dict[str, Any]]:

@@ -875,6 +875,27 @@ def test_tls_with_client_certificate_and_password(tls_broker: Broker, tmp_path: 
 
 
 @needs_broker
+def test_stopped_clients_leave_no_socket_open(broker: Broker, tmp_path: Path):
+    """paho closes its wake-up socket pair only in __del__, which the garbage collector may run after
+    finalising the sockets (ResourceWarning, descriptors held until then): stop() closes them itself."""
+    outbox = Outbox(tmp_path / "o.db", max_bytes=1 << 20)
+    client = HubClient(hub_config(broker.port), "dev-1", None, outbox, RecordingHandler())
+    client.start()
+    observer = Observer(broker.port, ["affectbox/dev-1/availability"])
+    try:
+        assert client.wait_connected(10)
+        paho_clients = [client._client, observer.client]
+        assert all(c is not None and c._sockpairR is not None for c in paho_clients)
+    finally:
+        client.stop(timeout=2)
+        outbox.close()
+        observer.close()
+    for paho_client in paho_clients:
+        assert paho_client._sockpairR is None and paho_client._sockpairW is None, paho_client
+        assert paho_client.socket() is None, paho_client
+
+
+@needs_broker
 def test_mqtt311_works_too(broker: Broker, tmp_path: Path, running_clients):
     observer = Observer(broker.port, ["affectbox/dev-1/cmd/+/result", "affectbox/dev-1/availability"])
     observer.client.publish("affectbox/dev-1/cmd/ping", b'{"request_id":"r-stale"}', qos=1,

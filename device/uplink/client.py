@@ -70,6 +70,7 @@ from device.contract import payloads
 from device.contract.topics import OPAQUE_ID_PATTERN, Topics, validate_device_id
 from device.credentials import CredentialError, check_secret_permissions, read_secret
 from device.errors import AffectboxError, HubError
+from device.mqtt_sockets import close_client_sockets
 from device.safe_json import JSONLimitError, loads_bounded
 from device.uplink.outbox import Outbox
 
@@ -451,11 +452,9 @@ class HubClient:
             self._worker.join(max(0.1, deadline - time.monotonic()))
         client.disconnect()
         client.loop_stop()
-        # paho leaves the socket of an attempt still in progress (e.g. refused CONNACK) open at loop_stop
-        sock = client.socket()
-        if sock is not None:
-            with contextlib.suppress(OSError):
-                sock.close()
+        # paho leaves the socket of an attempt still in progress (e.g. refused CONNACK) and its
+        # wake-up socket pair open at loop_stop
+        close_client_sockets(client)
         self._connected.clear()
         self.outbox.end_connection()
         self._limited.flush()

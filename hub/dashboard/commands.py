@@ -23,6 +23,7 @@ from sqlalchemy import Engine, select
 from device.contract.timestamps import utc_timestamp
 from device.contract.topics import validate_device_id
 from device.errors import AffectboxError
+from device.mqtt_sockets import close_client_sockets
 from hub import schema
 from hub.config import HubConfig
 
@@ -63,6 +64,7 @@ def publish_once(config: HubConfig, topic: str, body: bytes, timeout_s: float = 
     finally:
         client.disconnect()
         client.loop_stop()
+        close_client_sockets(client)
 
 
 def send(engine: Engine, config: HubConfig, device_id: str, command: str, username: str, *,
